@@ -1,0 +1,169 @@
+//! The single `waitpid` caller of the process.
+//!
+//! The shim is a child subreaper: container init processes are re-parented to it once
+//! `runc create` exits, and every runc command is its child too. If two places reaped
+//! (a per-child `wait` and a SIGCHLD loop), one of them would steal the other's status.
+//! So the reaper collects every exit and hands it to whoever asks for that pid, even
+//! when the exit happened before anyone asked (a fast `runc` or a container that dies
+//! at once); the `since` stamp keeps a recycled pid from picking up a stale status.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::errno::Errno;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::oneshot;
+
+/// How a process ended: its exit code, or 128 + the signal that killed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    pub pid: i32,
+    pub status: i32,
+    pub at: SystemTime,
+}
+
+#[derive(Default)]
+struct Table {
+    waiters: HashMap<i32, Vec<oneshot::Sender<Exit>>>,
+    unclaimed: HashMap<i32, (Exit, Instant)>,
+}
+
+/// Unclaimed exits are kept this long: long enough for any caller that spawned the
+/// process to ask, short enough that orphans re-parented to us do not pile up.
+const UNCLAIMED_TTL: Duration = Duration::from_secs(300);
+
+fn table() -> &'static Mutex<Table> {
+    static TABLE: OnceLock<Mutex<Table>> = OnceLock::new();
+    TABLE.get_or_init(Default::default)
+}
+
+fn lock() -> std::sync::MutexGuard<'static, Table> {
+    // A panic while holding the lock cannot leave the maps inconsistent (each update
+    // is a single insert or remove), so a poisoned lock is still usable.
+    table().lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Makes this process a child subreaper, so orphaned container processes come to it.
+pub fn set_subreaper() -> crate::Result<()> {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER only sets a flag on this process.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if rc != 0 {
+        return Err(crate::Error::sys("prctl(PR_SET_CHILD_SUBREAPER)", Errno::last()));
+    }
+    Ok(())
+}
+
+/// Starts the SIGCHLD loop on the current tokio runtime. Idempotent.
+pub fn install() -> crate::Result<()> {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    if INSTALLED.get().is_some() {
+        return Ok(());
+    }
+    let mut sigchld = signal(SignalKind::child()).map_err(|e| crate::Error::Io {
+        what: "listen for SIGCHLD",
+        path: "signal".into(),
+        source: e,
+    })?;
+    if INSTALLED.set(()).is_err() {
+        return Ok(());
+    }
+    tokio::spawn(async move {
+        // Children may have exited before the handler existed.
+        reap_all();
+        while sigchld.recv().await.is_some() {
+            reap_all();
+        }
+    });
+    Ok(())
+}
+
+/// Reaps every exited child; signals coalesce, so one SIGCHLD may stand for many.
+pub fn reap_all() {
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => dispatch(pid.as_raw(), code),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => dispatch(pid.as_raw(), 128 + sig as i32),
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+            Ok(_) => continue,
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                tracing::warn!("waitpid: {e}");
+                break;
+            }
+        }
+    }
+}
+
+fn dispatch(pid: i32, status: i32) {
+    let exit = Exit {
+        pid,
+        status,
+        at: SystemTime::now(),
+    };
+    let mut t = lock();
+    if let Some(waiters) = t.waiters.remove(&pid) {
+        for w in waiters {
+            let _ = w.send(exit);
+        }
+        return;
+    }
+    let now = Instant::now();
+    t.unclaimed
+        .retain(|_, (_, seen)| now.duration_since(*seen) < UNCLAIMED_TTL);
+    t.unclaimed.insert(pid, (exit, now));
+}
+
+/// Registers interest in `pid`; the returned receiver resolves when it exits.
+/// `since` is when the caller learned of the process (before spawning it): an
+/// unclaimed exit older than that belongs to an earlier process with the same pid.
+pub fn subscribe(pid: i32, since: Instant) -> oneshot::Receiver<Exit> {
+    let (tx, rx) = oneshot::channel();
+    let mut t = lock();
+    if let Some((exit, seen)) = t.unclaimed.remove(&pid) {
+        if seen >= since {
+            let _ = tx.send(exit);
+            return rx;
+        }
+    }
+    t.waiters.entry(pid).or_default().push(tx);
+    rx
+}
+
+/// Waits for `pid` to exit (see [`subscribe`]).
+pub async fn wait(pid: i32, since: Instant) -> Exit {
+    match subscribe(pid, since).await {
+        Ok(exit) => exit,
+        // The sender is only dropped with the table, which lives for the process.
+        Err(_) => Exit {
+            pid,
+            status: 255,
+            at: SystemTime::now(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_before_subscribe_is_delivered() {
+        let since = Instant::now();
+        dispatch(999_001, 3);
+        let mut rx = subscribe(999_001, since);
+        assert_eq!(rx.try_recv().map(|e| e.status).ok(), Some(3));
+    }
+
+    #[test]
+    fn stale_exit_of_recycled_pid_is_not_delivered() {
+        dispatch(999_002, 1);
+        std::thread::sleep(Duration::from_millis(2));
+        let mut rx = subscribe(999_002, Instant::now());
+        assert!(rx.try_recv().is_err(), "a status older than the process must not be used");
+        dispatch(999_002, 0);
+        assert_eq!(rx.try_recv().map(|e| e.status).ok(), Some(0));
+    }
+}

@@ -1,0 +1,86 @@
+//! The shim's process lifecycle: `start` (spawn the long-lived shim, grouped per pod),
+//! `delete` (clean up after a shim that died) and the serving process itself.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::publisher::RemotePublisher;
+use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
+use containerd_shim::{Config, Flags, StartOpts};
+use containerd_shim_protos::api::DeleteResponse;
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::protobuf::MessageField;
+use lightwhale_engine::reaper;
+use lightwhale_engine::runc::Runc;
+use lightwhale_engine::spec::BundleSpec;
+use tracing::warn;
+
+use crate::options::BundleState;
+use crate::service::{cleanup_bundle, Service};
+
+/// Annotations by which containerd's CRI groups a pod's containers into one shim.
+const SANDBOX_ANNOTATIONS: &[&str] = &["io.kubernetes.cri.sandbox-id", "io.kubernetes.cri-o.SandboxID"];
+
+pub struct LightwhaleShim {
+    exit: Arc<ExitSignal>,
+    id: String,
+    namespace: String,
+}
+
+#[async_trait]
+impl Shim for LightwhaleShim {
+    type T = Service;
+
+    async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        // The shim spawns runc and adopts container processes: one reaper for all.
+        if let Err(e) = reaper::install() {
+            warn!("cannot install the child reaper: {e}");
+        }
+        LightwhaleShim {
+            exit: Arc::new(ExitSignal::default()),
+            id: args.id.clone(),
+            namespace: args.namespace.clone(),
+        }
+    }
+
+    async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        // containerd runs `start` in the bundle directory.
+        let grouping = BundleSpec::load(Path::new("."))
+            .ok()
+            .and_then(|s| {
+                SANDBOX_ANNOTATIONS
+                    .iter()
+                    .find_map(|k| s.annotation(k).filter(|v| !v.is_empty()).map(str::to_string))
+            })
+            .unwrap_or_else(|| opts.id.clone());
+        let address = spawn(opts, &grouping, Vec::new()).await?;
+        containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
+        Ok(address)
+    }
+
+    async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
+        let bundle = std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
+        if let Some(state) = BundleState::load(&bundle) {
+            let runc = Runc::new(&state.runc_binary, &state.runc_root, state.systemd_cgroup);
+            if let Err(e) = runc.delete(&self.id, true).await {
+                warn!(id = %self.id, ns = %self.namespace, "runc delete: {e}");
+            }
+            cleanup_bundle(&bundle, &state);
+        }
+        Ok(DeleteResponse {
+            // As containerd's runc shim reports a task it had to kill: SIGKILL.
+            exit_status: 128 + libc::SIGKILL as u32,
+            exited_at: MessageField::some(Timestamp::now()),
+            ..Default::default()
+        })
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> Service {
+        Service::new(&self.namespace, publisher, self.exit.clone())
+    }
+}
