@@ -1,0 +1,45 @@
+# lightwhale: two commands on a fresh machine.
+#   make demo   set up everything, then show a container running (and, later, sleeping) under lightwhale
+#   make test   set up everything, then run every test against the real stack
+SHELL := /bin/bash
+PREFIX ?= /usr/local
+CARGO ?= cargo
+SHIM := containerd-shim-lightwhale-v2
+RELEASE_BIN := target/release/$(SHIM)
+
+.PHONY: all build deps install images test test-unit lint demo clean uninstall
+
+all: build
+
+build:
+	$(CARGO) build --release --workspace
+
+deps:
+	bash scripts/install-deps.sh
+
+# containerd finds shims by name on its PATH: containerd-shim-<name>-<version>.
+install: build
+	install -D -m 0755 $(RELEASE_BIN) $(DESTDIR)$(PREFIX)/bin/$(SHIM)
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/$(SHIM)
+
+images:
+	bash scripts/make-test-images.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+# Unit tests need no root; the integration tests drive runc, CRIU, containerd and dockerd.
+test-unit:
+	$(CARGO) test --release --workspace --lib --bins
+
+test: deps install images
+	bash scripts/run-tests.sh
+
+demo: deps install images
+	bash scripts/demo.sh
+
+clean:
+	$(CARGO) clean

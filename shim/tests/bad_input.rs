@@ -1,0 +1,158 @@
+//! Bad input reaches the client as a clear error, and the shim neither panics nor leaks.
+//! These tests talk ttrpc to the shim directly, as containerd does, so they can send
+//! what no well-behaved client sends (foreign runtime options, a missing bundle).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use containerd_shim_protos::api::{ConnectRequest, CreateTaskRequest, ShutdownRequest};
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::MessageField;
+use containerd_shim_protos::shim_async::{Client, TaskClient};
+use containerd_shim_protos::ttrpc::context;
+
+const SHIM: &str = "containerd-shim-lightwhale-v2";
+const CONTAINERD: &str = "/run/containerd/containerd.sock";
+
+fn start_shim(bundle: &Path, ns: &str, id: &str) -> String {
+    let out = Command::new(SHIM)
+        .args(["-namespace", ns, "-id", id, "-address", CONTAINERD, "start"])
+        .current_dir(bundle)
+        .env("TTRPC_ADDRESS", format!("{CONTAINERD}.ttrpc"))
+        .output()
+        .expect("run shim start");
+    assert!(out.status.success(), "shim start: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn busybox_bundle(dir: &Path, args: &[&str]) {
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).expect("mkdir");
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox");
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).expect("sh");
+    let out = Command::new("runc").arg("spec").current_dir(dir).output().expect("runc spec");
+    assert!(out.status.success());
+    let path = dir.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("spec")).expect("json");
+    spec["process"]["terminal"] = false.into();
+    spec["process"]["args"] = args.iter().map(|a| serde_json::Value::from(*a)).collect();
+    std::fs::write(&path, serde_json::to_vec(&spec).expect("json")).expect("write");
+}
+
+async fn create_err(task: &TaskClient, req: CreateTaskRequest) -> String {
+    match task.create(context::with_timeout(30_000_000_000), &req).await {
+        Ok(r) => panic!("create must fail, got pid {}", r.pid),
+        Err(e) => format!("{e:?}"),
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors_and_the_shim_survives() {
+    if !stack_or_skip("shim bad input") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = dir.path().join("bundle");
+    std::fs::create_dir_all(&bundle).expect("bundle");
+    busybox_bundle(&bundle, &["/no/such/binary"]);
+    let ns = "lightwhale-test";
+    let id = unique("bad");
+    let address = start_shim(&bundle, ns, &id);
+    let client = Client::connect(&address).await.expect("connect to shim");
+    let task = TaskClient::new(client);
+    let base = CreateTaskRequest {
+        id: id.clone(),
+        bundle: bundle.display().to_string(),
+        ..Default::default()
+    };
+
+    // Options meant for another runtime are refused, never decoded as runc options.
+    let mut req = base.clone();
+    req.options = MessageField::some(Any {
+        type_url: "io.containerd.runhcs.v1.Options".into(),
+        value: vec![1, 2, 3],
+        ..Default::default()
+    });
+    let e = create_err(&task, req).await;
+    assert!(e.contains("unsupported runtime options type") && e.contains("runhcs"), "{e}");
+
+    // A bundle that is not there.
+    let mut req = base.clone();
+    req.bundle = dir.path().join("missing").display().to_string();
+    let e = create_err(&task, req).await;
+    assert!(e.contains("config.json"), "{e}");
+
+    // A spec that is not JSON.
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(&broken).expect("mkdir");
+    std::fs::write(broken.join("config.json"), "{\"ociVersion\": ").expect("write");
+    let mut req = base.clone();
+    req.bundle = broken.display().to_string();
+    let e = create_err(&task, req).await;
+    assert!(e.contains("not a valid OCI spec"), "{e}");
+
+    // A spec runc rejects: runc's own reason comes through.
+    let e = create_err(&task, base.clone()).await;
+    assert!(e.contains("/no/such/binary"), "runc's reason must reach the client: {e}");
+    let pin = format!("/run/lightwhale/netns/{ns}-{id}");
+    assert!(!Path::new(&pin).exists(), "a failed create leaves no pinned namespace behind");
+
+    // Still alive and answering.
+    let r = task
+        .connect(context::with_timeout(5_000_000_000), &ConnectRequest { id: id.clone(), ..Default::default() })
+        .await
+        .expect("shim still serves after errors");
+    assert!(r.shim_pid > 0);
+    let shim_pid = r.shim_pid as i32;
+    let _ = task
+        .shutdown(context::with_timeout(5_000_000_000), &ShutdownRequest { id: id.clone(), ..Default::default() })
+        .await;
+    wait_until("shim exit", std::time::Duration::from_secs(10), || {
+        !Path::new(&format!("/proc/{shim_pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{shim_pid}/stat"))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true)
+    });
+
+    // The delete subcommand cleans up after a shim and reports a SIGKILL exit.
+    let out = Command::new(SHIM)
+        .args(["-namespace", ns, "-id", &id, "-address", CONTAINERD, "delete"])
+        .current_dir(&bundle)
+        .env("TTRPC_ADDRESS", format!("{CONTAINERD}.ttrpc"))
+        .output()
+        .expect("shim delete");
+    assert!(out.status.success(), "delete: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn docker_reports_a_missing_binary_like_runc() {
+    if !stack_or_skip("docker bad spec") {
+        return;
+    }
+    let mut codes = Vec::new();
+    for rt in RUNTIMES {
+        let out = docker(&["run", "--rm", "--runtime", rt, IMAGE, "/no/such/binary"]);
+        assert!(out.stderr.contains("/no/such/binary"), "{rt}: {out:?}");
+        codes.push(out.code);
+    }
+    assert_eq!(codes[0], codes[1], "same exit code under both runtimes");
+    assert_eq!(codes[0], 127);
+}
+
+#[test]
+fn info_answers_with_runc_features() {
+    if !stack_or_skip("shim -info") {
+        return;
+    }
+    let out = Command::new(SHIM).arg("-info").output().expect("shim -info");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    use containerd_shim_protos::protobuf::Message;
+    let info = containerd_shim_protos::types::introspection::RuntimeInfo::parse_from_bytes(&out.stdout)
+        .expect("RuntimeInfo protobuf");
+    assert_eq!(info.name, "io.containerd.lightwhale.v2");
+    let features: serde_json::Value = serde_json::from_slice(&info.features.value).expect("features JSON");
+    assert!(features.get("ociVersionMin").is_some(), "{features}");
+}

@@ -1,0 +1,175 @@
+//! Helpers for the end-to-end tests: run docker, ctr and friends, compare runtimes.
+//!
+//! The tests drive the real stack (dockerd, containerd, runc, CRIU) with the installed
+//! shim. Outside CI they skip when the stack is missing, saying why; in CI (`CI=true`)
+//! a missing piece fails them.
+
+#![allow(dead_code)]
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const IMAGE: &str = "lightwhale-test/busybox:latest";
+pub const CTR_IMAGE: &str = "docker.io/lightwhale-test/busybox:latest";
+pub const LIGHTWHALE: &str = "lightwhale";
+pub const RUNC: &str = "runc";
+/// Both runtimes, so each scenario runs side by side and the results can be compared.
+pub const RUNTIMES: [&str; 2] = [RUNC, LIGHTWHALE];
+
+/// Docker's own CLI: the Debian package's, which matches the daemon.
+pub fn docker_bin() -> &'static str {
+    if std::path::Path::new("/usr/bin/docker").exists() {
+        "/usr/bin/docker"
+    } else {
+        "docker"
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn ok(self) -> Out {
+        assert_eq!(self.code, 0, "command failed: {self:?}");
+        self
+    }
+    pub fn trimmed(&self) -> &str {
+        self.stdout.trim()
+    }
+}
+
+pub fn run(bin: &str, args: &[&str]) -> Out {
+    run_stdin(bin, args, None)
+}
+
+pub fn run_stdin(bin: &str, args: &[&str], input: Option<&str>) -> Out {
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
+    if let Some(text) = input {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(text.as_bytes()).expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("wait");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+pub fn docker(args: &[&str]) -> Out {
+    run(docker_bin(), args)
+}
+
+pub fn ctr(args: &[&str]) -> Out {
+    run("ctr", args)
+}
+
+/// A name unique to this test run, so parallel tests never clash.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("lwt-{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A loopback port unique to this test run.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// Skips outside CI when the stack is missing; fails in CI.
+pub fn stack_or_skip(what: &str) -> bool {
+    let mut missing = Vec::new();
+    if !nix::unistd::Uid::effective().is_root() {
+        missing.push("root".to_string());
+    }
+    let dockerd = run(docker_bin(), &["info", "--format", "{{json .Runtimes}}"]);
+    if dockerd.code != 0 {
+        missing.push(format!("a running dockerd ({})", dockerd.stderr.trim()));
+    } else if !dockerd.stdout.contains("\"lightwhale\"") {
+        missing.push("the lightwhale runtime in /etc/docker/daemon.json (run scripts/install-deps.sh)".into());
+    }
+    if run("ctr", &["version"]).code != 0 {
+        missing.push("a running containerd".into());
+    }
+    if Command::new("sh")
+        .args(["-c", "command -v containerd-shim-lightwhale-v2"])
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        missing.push("containerd-shim-lightwhale-v2 on PATH (make install)".into());
+    }
+    if docker(&["image", "inspect", IMAGE]).code != 0 {
+        missing.push(format!("image {IMAGE} (scripts/make-test-images.sh)"));
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{what}: CI must run this test, but the host lacks: {}", missing.join("; "));
+    }
+    eprintln!("SKIP {what}: needs {}", missing.join("; "));
+    false
+}
+
+/// Removes a container when dropped, so a failed assertion leaves nothing behind.
+pub struct Cleanup(pub Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = docker(&["rm", "-f", name]);
+        }
+    }
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn inspect(name: &str, format: &str) -> String {
+    docker(&["inspect", "-f", format, name]).trimmed().to_string()
+}
+
+/// An HTTP GET to 127.0.0.1:port, retried while the server starts.
+pub fn http_get(port: u16) -> String {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let attempt = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body)
+        });
+        match attempt {
+            Ok(body) if body.starts_with("HTTP/") => return body,
+            other => {
+                assert!(Instant::now() < deadline, "GET 127.0.0.1:{port}: {other:?}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// The shim processes serving lightwhale containers right now.
+pub fn shim_pids() -> Vec<i32> {
+    let out = run("pgrep", &["-f", "containerd-shim-lightwhale-v2"]);
+    out.stdout.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}

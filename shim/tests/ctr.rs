@@ -1,0 +1,63 @@
+//! containerd's own client: `ctr run --runtime io.containerd.lightwhale.v2`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const RUNTIME: &str = "io.containerd.lightwhale.v2";
+
+#[test]
+fn ctr_run_output_and_exit_code() {
+    if !stack_or_skip("ctr run") {
+        return;
+    }
+    let id = unique("ctr");
+    let out = ctr(&["run", "--rm", "--runtime", RUNTIME, CTR_IMAGE, &id, "sh", "-c", "echo hi from ctr; exit 3"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert_eq!(out.stdout.trim(), "hi from ctr", "{out:?}");
+    assert_eq!(ctr(&["task", "ls", "-q"]).stdout.lines().filter(|l| *l == id).count(), 0);
+}
+
+#[test]
+fn ctr_detached_task_exec_kill() {
+    if !stack_or_skip("ctr task") {
+        return;
+    }
+    let id = unique("ctrd");
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = ctr(&["task", "kill", "-s", "SIGKILL", &self.0]);
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = ctr(&["task", "rm", "-f", &self.0]);
+            let _ = ctr(&["container", "rm", &self.0]);
+        }
+    }
+    let _g = Gone(id.clone());
+    ctr(&["run", "-d", "--runtime", RUNTIME, CTR_IMAGE, &id, "httpd", "-f", "-p", "8080", "-h", "/www"]).ok();
+    // lo must be up in the namespace the shim made, as runc would have it.
+    let mut body = String::new();
+    for attempt in 0..50 {
+        let out = ctr(&["task", "exec", "--exec-id", &format!("e{attempt}"), &id, "wget", "-qO-", "http://127.0.0.1:8080/"]);
+        if out.code == 0 {
+            body = out.stdout;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(body.contains("hello from lightwhale"), "served inside its namespace: {body:?}");
+    let ps = ctr(&["task", "ps", &id]).ok();
+    assert!(ps.stdout.lines().count() >= 2, "{ps:?}");
+    ctr(&["task", "kill", "-s", "SIGTERM", &id]).ok();
+    wait_until("task stopped", Duration::from_secs(15), || {
+        ctr(&["task", "ls"]).stdout.lines().any(|l| l.starts_with(&id) && l.contains("STOPPED"))
+    });
+    ctr(&["task", "rm", &id]).ok();
+    ctr(&["container", "rm", &id]).ok();
+    assert!(
+        !std::path::Path::new(&format!("/run/lightwhale/netns/default-{id}")).exists(),
+        "the pinned namespace goes with the task"
+    );
+}
