@@ -35,7 +35,11 @@ impl MemoryCgroup {
         }
         let rel = v2?;
         let unified = root.join("unified");
-        let base = if unified.is_dir() { unified } else { root.to_path_buf() };
+        let base = if unified.is_dir() {
+            unified
+        } else {
+            root.to_path_buf()
+        };
         Some(MemoryCgroup {
             counter: base.join(rel).join("memory.events"),
         })
@@ -61,14 +65,18 @@ mod tests {
     #[test]
     fn v1_memory_line_wins() {
         let text = "12:memory:/docker/abc\n0::/docker/abc\n";
-        let cg = MemoryCgroup::from_proc_cgroup(text, std::path::Path::new("/nonexistent")).expect("cg");
+        let cg =
+            MemoryCgroup::from_proc_cgroup(text, std::path::Path::new("/nonexistent")).expect("cg");
         assert!(cg.counter.ends_with("memory/docker/abc/memory.oom_control"));
     }
 
     #[test]
     fn v2_only() {
-        let cg = MemoryCgroup::from_proc_cgroup("0::/system.slice/x.scope\n", std::path::Path::new("/nonexistent"))
-            .expect("cg");
+        let cg = MemoryCgroup::from_proc_cgroup(
+            "0::/system.slice/x.scope\n",
+            std::path::Path::new("/nonexistent"),
+        )
+        .expect("cg");
         assert!(cg.counter.ends_with("system.slice/x.scope/memory.events"));
     }
 }

@@ -51,7 +51,10 @@ pub fn set_subreaper() -> crate::Result<()> {
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER only sets a flag on this process.
     let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     if rc != 0 {
-        return Err(crate::Error::sys("prctl(PR_SET_CHILD_SUBREAPER)", Errno::last()));
+        return Err(crate::Error::sys(
+            "prctl(PR_SET_CHILD_SUBREAPER)",
+            Errno::last(),
+        ));
     }
     Ok(())
 }
@@ -162,7 +165,10 @@ mod tests {
         dispatch(999_002, 1);
         std::thread::sleep(Duration::from_millis(2));
         let mut rx = subscribe(999_002, Instant::now());
-        assert!(rx.try_recv().is_err(), "a status older than the process must not be used");
+        assert!(
+            rx.try_recv().is_err(),
+            "a status older than the process must not be used"
+        );
         dispatch(999_002, 0);
         assert_eq!(rx.try_recv().map(|e| e.status).ok(), Some(0));
     }

@@ -117,7 +117,8 @@ impl Runc {
         if name.contains('/') {
             return Some(PathBuf::from(name));
         }
-        let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/sbin:/usr/bin:/sbin:/bin"));
+        let path = std::env::var_os("PATH")
+            .unwrap_or_else(|| OsString::from("/usr/sbin:/usr/bin:/sbin:/bin"));
         std::env::split_paths(&path)
             .map(|d| d.join(name))
             .find(|p| p.is_file())
@@ -138,7 +139,9 @@ impl Runc {
 
     /// Runs a runc command whose stdout and stderr are ours to read.
     async fn output(&self, op: &'static str, mut cmd: Command) -> Result<Output> {
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let since = Instant::now();
         let mut child = cmd.spawn().map_err(|e| Error::Spawn {
             binary: self.binary.display().to_string(),
@@ -159,7 +162,13 @@ impl Runc {
     }
 
     /// Runs a runc command that hands `io` to the container; its errors go to `log_file`.
-    async fn run_with_io(&self, op: &'static str, mut cmd: Command, io: ProcessIo, log_file: &Path) -> Result<()> {
+    async fn run_with_io(
+        &self,
+        op: &'static str,
+        mut cmd: Command,
+        io: ProcessIo,
+        log_file: &Path,
+    ) -> Result<()> {
         cmd.stdin(io.stdin.map(Stdio::from).unwrap_or_else(Stdio::null));
         cmd.stdout(io.stdout.map(Stdio::from).unwrap_or_else(Stdio::null));
         cmd.stderr(io.stderr.map(Stdio::from).unwrap_or_else(Stdio::null));
@@ -204,9 +213,18 @@ impl Runc {
         Self::check(op, out)
     }
 
-    pub async fn create(&self, id: &str, bundle: &Path, opts: &CreateOpts, io: ProcessIo) -> Result<()> {
+    pub async fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        opts: &CreateOpts,
+        io: ProcessIo,
+    ) -> Result<()> {
         let mut cmd = self.command();
-        cmd.arg("--log").arg(&opts.log_file).arg("--log-format").arg("json");
+        cmd.arg("--log")
+            .arg(&opts.log_file)
+            .arg("--log-format")
+            .arg("json");
         cmd.arg("create").arg("--bundle").arg(bundle);
         cmd.arg("--pid-file").arg(&opts.pid_file);
         if let Some(s) = &opts.console_socket {
@@ -228,7 +246,10 @@ impl Runc {
 
     pub async fn exec(&self, id: &str, opts: &ExecOpts, io: ProcessIo) -> Result<()> {
         let mut cmd = self.command();
-        cmd.arg("--log").arg(&opts.log_file).arg("--log-format").arg("json");
+        cmd.arg("--log")
+            .arg(&opts.log_file)
+            .arg("--log-format")
+            .arg("json");
         cmd.arg("exec").arg("--detach");
         cmd.arg("--process").arg(&opts.process_json);
         cmd.arg("--pid-file").arg(&opts.pid_file);
@@ -288,15 +309,23 @@ impl Runc {
     pub async fn update(&self, id: &str, resources_file: &Path) -> Result<()> {
         let mut cmd = self.command();
         cmd.arg("--log-format").arg("json");
-        cmd.arg("update").arg("--resources").arg(resources_file).arg(id);
+        cmd.arg("update")
+            .arg("--resources")
+            .arg(resources_file)
+            .arg(id);
         let out = self.output("update", cmd).await?;
         Self::check("update", out).map(drop)
     }
 
     pub async fn checkpoint(&self, id: &str, opts: &CheckpointOpts) -> Result<()> {
         let mut cmd = self.command();
-        cmd.arg("--log").arg(&opts.log_file).arg("--log-format").arg("json");
-        cmd.arg("checkpoint").arg("--image-path").arg(&opts.image_path);
+        cmd.arg("--log")
+            .arg(&opts.log_file)
+            .arg("--log-format")
+            .arg("json");
+        cmd.arg("checkpoint")
+            .arg("--image-path")
+            .arg(&opts.image_path);
         if let Some(w) = &opts.work_path {
             cmd.arg("--work-path").arg(w);
         }
@@ -325,14 +354,24 @@ impl Runc {
             cmd.arg("--manage-cgroups-mode").arg(m);
         }
         cmd.arg(id);
-        self.run_with_io("checkpoint", cmd, ProcessIo::default(), &opts.log_file).await
+        self.run_with_io("checkpoint", cmd, ProcessIo::default(), &opts.log_file)
+            .await
     }
 
     /// Restores `id` from `opts.image_path`. `io` must be the same kind of stdio the
     /// container had when dumped (pipes): runc maps them onto the restored fds.
-    pub async fn restore(&self, id: &str, bundle: &Path, opts: &RestoreOpts, io: ProcessIo) -> Result<()> {
+    pub async fn restore(
+        &self,
+        id: &str,
+        bundle: &Path,
+        opts: &RestoreOpts,
+        io: ProcessIo,
+    ) -> Result<()> {
         let mut cmd = self.command();
-        cmd.arg("--log").arg(&opts.log_file).arg("--log-format").arg("json");
+        cmd.arg("--log")
+            .arg(&opts.log_file)
+            .arg("--log-format")
+            .arg("json");
         cmd.arg("restore").arg("--bundle").arg(bundle);
         cmd.arg("--image-path").arg(&opts.image_path);
         cmd.arg("--pid-file").arg(&opts.pid_file);

@@ -56,7 +56,9 @@ impl BundleSpec {
     }
 
     pub fn set_annotation(&mut self, key: &str, value: &str) {
-        let Some(root) = self.doc.as_object_mut() else { return };
+        let Some(root) = self.doc.as_object_mut() else {
+            return;
+        };
         let ann = root.entry("annotations").or_insert_with(|| json!({}));
         if let Some(m) = ann.as_object_mut() {
             m.insert(key.to_string(), Value::String(value.to_string()));
@@ -87,7 +89,9 @@ impl BundleSpec {
     pub fn network_ns_without_path(&self) -> bool {
         self.namespaces().any(|n| {
             n.get("type").and_then(Value::as_str) == Some("network")
-                && n.get("path").and_then(Value::as_str).is_none_or(str::is_empty)
+                && n.get("path")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
         })
     }
 
@@ -146,15 +150,24 @@ mod tests {
         let again = BundleSpec::load(dir.path()).expect("reload");
         assert!(!again.network_ns_without_path());
         assert_eq!(again.annotation("a"), Some("b"));
-        assert_eq!(again.annotation("org.criu.config"), Some("/etc/lightwhale/criu.conf"));
+        assert_eq!(
+            again.annotation("org.criu.config"),
+            Some("/etc/lightwhale/criu.conf")
+        );
         let raw = std::fs::read_to_string(dir.path().join("config.json")).expect("read");
-        assert!(raw.contains("x-unknown"), "unknown fields must be preserved");
+        assert!(
+            raw.contains("x-unknown"),
+            "unknown fields must be preserved"
+        );
     }
 
     #[test]
     fn garbage_is_a_clear_error() {
         let dir = bundle("{not json");
-        let e = BundleSpec::load(dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = BundleSpec::load(dir.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("not a valid OCI spec"), "{e}");
         let missing = tempfile::tempdir().expect("tempdir");
         assert!(BundleSpec::load(missing.path()).is_err());

@@ -148,9 +148,16 @@ impl Stdio {
     /// Takes the pty master and copies it to and from the client's fifos.
     pub fn attach_console(&self, master: OwnedFd, paths: &StdioPaths) -> Result<()> {
         let master = File::from(master);
-        let reader = master.try_clone().map_err(|e| Error::io("dup", "console", e))?;
-        let writer = master.try_clone().map_err(|e| Error::io("dup", "console", e))?;
-        let mut threads = self.console_threads.lock().unwrap_or_else(|p| p.into_inner());
+        let reader = master
+            .try_clone()
+            .map_err(|e| Error::io("dup", "console", e))?;
+        let writer = master
+            .try_clone()
+            .map_err(|e| Error::io("dup", "console", e))?;
+        let mut threads = self
+            .console_threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let out = Sink::parse(&paths.stdout)?;
         threads.push(std::thread::spawn(move || {
             if let Ok(Some(mut w)) = open_sink_blocking(&out) {
@@ -186,16 +193,31 @@ impl Stdio {
         };
         // SAFETY: TIOCSWINSZ reads a winsize struct that lives for the whole call, on an
         // fd we own.
-        let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(master), libc::TIOCSWINSZ, &ws) };
+        let rc = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(master),
+                libc::TIOCSWINSZ,
+                &ws,
+            )
+        };
         if rc != 0 {
-            return Err(Error::io("resize", "console", std::io::Error::last_os_error()));
+            return Err(Error::io(
+                "resize",
+                "console",
+                std::io::Error::last_os_error(),
+            ));
         }
         Ok(())
     }
 
     /// CloseIO: the client has no more input; the process sees EOF on stdin.
     pub fn close_stdin(&self) {
-        if let Some(h) = self.stdin_copier.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(h) = self
+            .stdin_copier
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             h.abort();
         }
         if let Some(ends) = self.ends.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
@@ -207,8 +229,14 @@ impl Stdio {
     /// then wait (bounded) until everything it wrote has reached the client.
     pub async fn finish(&self, timeout: std::time::Duration) {
         self.ends.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let copiers: Vec<_> = std::mem::take(&mut *self.copiers.lock().unwrap_or_else(|p| p.into_inner()));
-        let threads: Vec<_> = std::mem::take(&mut *self.console_threads.lock().unwrap_or_else(|p| p.into_inner()));
+        let copiers: Vec<_> =
+            std::mem::take(&mut *self.copiers.lock().unwrap_or_else(|p| p.into_inner()));
+        let threads: Vec<_> = std::mem::take(
+            &mut *self
+                .console_threads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         let all = async {
             for c in copiers {
                 let _ = c.await;
@@ -221,12 +249,22 @@ impl Stdio {
             .await;
         };
         if tokio::time::timeout(timeout, all).await.is_err() {
-            tracing::warn!("stdio copy did not finish within {timeout:?}; a child may still hold the pipe");
+            tracing::warn!(
+                "stdio copy did not finish within {timeout:?}; a child may still hold the pipe"
+            );
         }
-        if let Some(h) = self.stdin_copier.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(h) = self
+            .stdin_copier
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             h.abort();
         }
-        self.console.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.console
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
     }
 }
 
@@ -278,14 +316,20 @@ fn open_source_blocking(source: &Sink) -> std::io::Result<Option<File>> {
 async fn copy_in(source: Sink, to: OwnedFd) {
     let opened = tokio::task::spawn_blocking(move || open_source_blocking(&source)).await;
     let Ok(Ok(Some(file))) = opened else { return };
-    let Ok(mut from) = pipe::Receiver::from_file(file) else { return };
-    let Ok(mut to) = pipe::Sender::from_owned_fd(to) else { return };
+    let Ok(mut from) = pipe::Receiver::from_file(file) else {
+        return;
+    };
+    let Ok(mut to) = pipe::Sender::from_owned_fd(to) else {
+        return;
+    };
     let _ = tokio::io::copy(&mut from, &mut to).await;
     // Dropping `to` closes the process's stdin: it reads EOF.
 }
 
 async fn copy_out(from: OwnedFd, sink: Sink) {
-    let Ok(mut from) = pipe::Receiver::from_owned_fd(from) else { return };
+    let Ok(mut from) = pipe::Receiver::from_owned_fd(from) else {
+        return;
+    };
     let opened = tokio::task::spawn_blocking(move || open_sink_blocking(&sink)).await;
     match opened {
         Ok(Ok(Some(file))) => {
@@ -329,7 +373,8 @@ impl ConsoleSocket {
         let name = format!("c{}-{}.sock", std::process::id(), next_seq());
         let path = dir.join(name);
         let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path).map_err(|e| Error::io("bind console socket", &path, e))?;
+        let listener =
+            UnixListener::bind(&path).map_err(|e| Error::io("bind console socket", &path, e))?;
         Ok(ConsoleSocket { listener, path })
     }
 
@@ -371,8 +416,13 @@ fn recv_fd(stream: &std::os::unix::net::UnixStream) -> std::io::Result<OwnedFd> 
     let mut buf = [0u8; 4096];
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<()>(stream.as_fd().as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
-        .map_err(std::io::Error::from)?;
+    let msg = recvmsg::<()>(
+        stream.as_fd().as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(std::io::Error::from)?;
     for c in msg.cmsgs().map_err(std::io::Error::from)? {
         if let ControlMessageOwned::ScmRights(fds) = c {
             if let Some(&fd) = fds.first() {
@@ -382,7 +432,10 @@ fn recv_fd(stream: &std::os::unix::net::UnixStream) -> std::io::Result<OwnedFd> 
             }
         }
     }
-    Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "no fd in console message"))
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        "no fd in console message",
+    ))
 }
 
 #[cfg(test)]
@@ -392,8 +445,14 @@ mod tests {
     #[test]
     fn sink_parsing() {
         assert_eq!(Sink::parse("").ok(), Some(Sink::None));
-        assert_eq!(Sink::parse("/run/x/stdout").ok(), Some(Sink::Fifo("/run/x/stdout".into())));
-        assert_eq!(Sink::parse("file:///var/log/a").ok(), Some(Sink::File("/var/log/a".into())));
+        assert_eq!(
+            Sink::parse("/run/x/stdout").ok(),
+            Some(Sink::Fifo("/run/x/stdout".into()))
+        );
+        assert_eq!(
+            Sink::parse("file:///var/log/a").ok(),
+            Some(Sink::File("/var/log/a".into()))
+        );
         assert!(Sink::parse("http://x").is_err());
     }
 }

@@ -21,7 +21,9 @@ fn dup(fd: &OwnedFd) -> OwnedFd {
 }
 
 /// Reads "tick N" lines until one arrives; returns N.
-async fn next_tick(lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::net::unix::pipe::Receiver>>) -> u64 {
+async fn next_tick(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::net::unix::pipe::Receiver>>,
+) -> u64 {
     let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
         .await
         .expect("a tick within 10 s")
@@ -71,7 +73,9 @@ async fn checkpoint_and_restore_keep_memory_stdio_and_network() {
         log_file: bundle.join("log.json"),
         ..Default::default()
     };
-    runc.create(&id, &bundle, &copts, io).await.expect("runc create");
+    runc.create(&id, &bundle, &copts, io)
+        .await
+        .expect("runc create");
     runc.start(&id).await.expect("runc start");
     let mut lines = tokio::io::BufReader::new(
         tokio::net::unix::pipe::Receiver::from_owned_fd(out_r).expect("stdout receiver"),
@@ -81,7 +85,10 @@ async fn checkpoint_and_restore_keep_memory_stdio_and_network() {
 
     let before = next_tick(&mut lines).await;
     let page = common::http_get_in(&pin, 8080);
-    assert!(page.contains("hello from lightwhale"), "served before checkpoint: {page}");
+    assert!(
+        page.contains("hello from lightwhale"),
+        "served before checkpoint: {page}"
+    );
     // Let the counter move on, and remember the last value seen.
     let mut last = before;
     for _ in 0..3 {
@@ -105,15 +112,28 @@ async fn checkpoint_and_restore_keep_memory_stdio_and_network() {
         panic!("checkpoint: {e}\n{}", tail(&log))
     });
     let dump_ms = t.elapsed().as_millis();
-    assert!(images.join("inventory.img").is_file(), "CRIU wrote no images");
+    assert!(
+        images.join("inventory.img").is_file(),
+        "CRIU wrote no images"
+    );
     let state = runc.state(&id).await.expect("state after checkpoint");
-    assert_eq!(state.status, "stopped", "the task must be gone after checkpoint");
+    assert_eq!(
+        state.status, "stopped",
+        "the task must be gone after checkpoint"
+    );
     // Drain what was written before the dump; nothing may arrive while it is down.
-    while let Ok(Ok(Some(l))) = tokio::time::timeout(Duration::from_millis(300), lines.next_line()).await {
-        last = l.strip_prefix("tick ").and_then(|n| n.parse().ok()).unwrap_or(last);
+    while let Ok(Ok(Some(l))) =
+        tokio::time::timeout(Duration::from_millis(300), lines.next_line()).await
+    {
+        last = l
+            .strip_prefix("tick ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(last);
     }
 
-    runc.delete(&id, true).await.expect("delete the stopped container before restore");
+    runc.delete(&id, true)
+        .await
+        .expect("delete the stopped container before restore");
     let t = Instant::now();
     let io = ProcessIo {
         stdin: None,
@@ -142,9 +162,16 @@ async fn checkpoint_and_restore_keep_memory_stdio_and_network() {
     eprintln!("checkpoint {dump_ms} ms, restore {restore_ms} ms");
 
     let after = next_tick(&mut lines).await;
-    assert_eq!(after, last + 1, "the counter must continue where it stopped (memory kept, same stdout pipe)");
+    assert_eq!(
+        after,
+        last + 1,
+        "the counter must continue where it stopped (memory kept, same stdout pipe)"
+    );
     let page = common::http_get_in(&pin, 8080);
-    assert!(page.contains("hello from lightwhale"), "served after restore: {page}");
+    assert!(
+        page.contains("hello from lightwhale"),
+        "served after restore: {page}"
+    );
     assert_eq!(runc.state(&id).await.expect("state").status, "running");
 
     runc.kill(&id, libc::SIGKILL, true).await.expect("kill");
@@ -154,7 +181,13 @@ async fn checkpoint_and_restore_keep_memory_stdio_and_network() {
         .parse()
         .expect("pid");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while runc.state(&id).await.map(|s| s.status != "stopped").unwrap_or(false) && Instant::now() < deadline {
+    while runc
+        .state(&id)
+        .await
+        .map(|s| s.status != "stopped")
+        .unwrap_or(false)
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = pid;
@@ -171,19 +204,33 @@ async fn runc_errors_reach_the_caller() {
     reaper::install().expect("reaper");
     let dir = tempfile::tempdir().expect("tempdir");
     let bundle = common::busybox_bundle(dir.path(), &["/no/such/binary"], None);
-    let runc = Runc::new(Runc::find_binary("runc").expect("runc"), dir.path().join("root"), false);
+    let runc = Runc::new(
+        Runc::find_binary("runc").expect("runc"),
+        dir.path().join("root"),
+        false,
+    );
     let id = format!("lw-bad-{}", std::process::id());
     let copts = CreateOpts {
         pid_file: bundle.join("init.pid"),
         log_file: bundle.join("log.json"),
         ..Default::default()
     };
-    let r = runc.create(&id, &bundle, &copts, ProcessIo::default()).await;
+    let r = runc
+        .create(&id, &bundle, &copts, ProcessIo::default())
+        .await;
     let _ = runc.delete(&id, true).await;
     let msg = r.err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(msg.contains("/no/such/binary"), "runc's reason must reach the caller: {msg:?}");
+    assert!(
+        msg.contains("/no/such/binary"),
+        "runc's reason must reach the caller: {msg:?}"
+    );
 
-    let e = runc.state("no-such-container").await.err().map(|e| e.to_string()).unwrap_or_default();
+    let e = runc
+        .state("no-such-container")
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(e.contains("does not exist"), "{e}");
 }
 

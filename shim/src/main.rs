@@ -23,7 +23,11 @@ fn runtime_info() -> anyhow::Result<Vec<u8>> {
         .ok_or_else(|| anyhow::anyhow!("runc not found in PATH"))?;
     let out = std::process::Command::new(&runc).arg("features").output()?;
     if !out.status.success() {
-        anyhow::bail!("{} features: {}", runc.display(), String::from_utf8_lossy(&out.stderr).trim());
+        anyhow::bail!(
+            "{} features: {}",
+            runc.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     // Validate before passing on: containerd decodes it as runtime-spec Features.
     serde_json::from_slice::<serde_json::Value>(&out.stdout)?;
@@ -34,7 +38,8 @@ fn runtime_info() -> anyhow::Result<Vec<u8>> {
             ..Default::default()
         }),
         features: MessageField::some(Any {
-            type_url: "types.containerd.io/opencontainers/runtime-spec/1/features/Features".to_string(),
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/features/Features"
+                .to_string(),
             value: out.stdout,
             ..Default::default()
         }),
@@ -53,7 +58,13 @@ fn main() -> ExitCode {
         }
     };
     if flags.version {
-        println!("{}:\n  Version: {}", args.first().and_then(|a| a.to_str()).unwrap_or("containerd-shim-lightwhale-v2"), env!("CARGO_PKG_VERSION"));
+        println!(
+            "{}:\n  Version: {}",
+            args.first()
+                .and_then(|a| a.to_str())
+                .unwrap_or("containerd-shim-lightwhale-v2"),
+            env!("CARGO_PKG_VERSION")
+        );
         return ExitCode::SUCCESS;
     }
     if flags.info {
@@ -87,6 +98,9 @@ fn main() -> ExitCode {
         no_reaper: true,
         ..Default::default()
     };
-    runtime.block_on(containerd_shim::asynchronous::run::<shim::LightwhaleShim>(RUNTIME_ID, Some(config)));
+    runtime.block_on(containerd_shim::asynchronous::run::<shim::LightwhaleShim>(
+        RUNTIME_ID,
+        Some(config),
+    ));
     ExitCode::SUCCESS
 }

@@ -42,7 +42,8 @@ pub fn runc_options(any: Option<&Any>) -> Result<Options, OptionsError> {
     if type_name(&any.type_url) != RUNC_OPTIONS {
         return Err(OptionsError::UnknownType(any.type_url.clone()));
     }
-    Options::parse_from_bytes(&any.value).map_err(|e| OptionsError::Decode(RUNC_OPTIONS, e.to_string()))
+    Options::parse_from_bytes(&any.value)
+        .map_err(|e| OptionsError::Decode(RUNC_OPTIONS, e.to_string()))
 }
 
 pub fn checkpoint_options(any: Option<&Any>) -> Result<CheckpointOptions, OptionsError> {
@@ -109,7 +110,13 @@ mod tests {
             value: o.write_to_bytes().unwrap_or_default(),
             ..Default::default()
         };
-        assert_eq!(runc_options(Some(&good)).map(|o| o.binary_name).ok().as_deref(), Some("runc"));
+        assert_eq!(
+            runc_options(Some(&good))
+                .map(|o| o.binary_name)
+                .ok()
+                .as_deref(),
+            Some("runc")
+        );
 
         let prefixed = Any {
             type_url: "type.googleapis.com/containerd.runc.v1.Options".into(),
@@ -121,7 +128,10 @@ mod tests {
             type_url: "io.containerd.runhcs.v1.Options".into(),
             ..good
         };
-        let err = runc_options(Some(&foreign)).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = runc_options(Some(&foreign))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("unsupported runtime options type"), "{err}");
 
         let garbage = Any {

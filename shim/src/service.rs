@@ -17,8 +17,8 @@ use containerd_shim::event::Event;
 use containerd_shim::util::convert_to_any;
 use containerd_shim_protos::api::*;
 use containerd_shim_protos::events::task::{
-    TaskCheckpointed, TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM,
-    TaskPaused, TaskResumed, TaskStart,
+    TaskCheckpointed, TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO,
+    TaskOOM, TaskPaused, TaskResumed, TaskStart,
 };
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::MessageField;
@@ -159,14 +159,21 @@ fn valid_exec_id(id: &str) -> bool {
 }
 
 fn read_pid(path: &Path) -> RpcResult<i32> {
-    let text = std::fs::read_to_string(path).map_err(|e| internal(format!("read {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| internal(format!("read {}: {e}", path.display())))?;
     text.trim()
         .parse()
         .map_err(|_| internal(format!("bad pid file {}: {text:?}", path.display())))
 }
 
 /// Watches a process until it exits, then drains its output and reports the exit.
-fn spawn_exit_watcher(shared: Arc<Shared>, c: Arc<Container>, p: Arc<Process>, pid: i32, since: Instant) {
+fn spawn_exit_watcher(
+    shared: Arc<Shared>,
+    c: Arc<Container>,
+    p: Arc<Process>,
+    pid: i32,
+    since: Instant,
+) {
     tokio::spawn(async move {
         let exit = reaper::wait(pid, since).await;
         let is_init = p.exec_id.is_empty();
@@ -202,7 +209,11 @@ fn spawn_exit_watcher(shared: Arc<Shared>, c: Arc<Container>, p: Arc<Process>, p
                 containerd_shim_protos::topics::TASK_EXIT_EVENT_TOPIC,
                 Box::new(TaskExit {
                     container_id: c.id.clone(),
-                    id: if is_init { c.id.clone() } else { p.exec_id.clone() },
+                    id: if is_init {
+                        c.id.clone()
+                    } else {
+                        p.exec_id.clone()
+                    },
                     pid: pid as u32,
                     exit_status: info.status,
                     exited_at: ts(info.at),
@@ -221,7 +232,8 @@ where
     Fut: std::future::Future<Output = lightwhale_engine::Result<()>>,
 {
     if p.paths.terminal {
-        let console = ConsoleSocket::new(&Path::new(STATE_DIR).join("console")).map_err(internal)?;
+        let console =
+            ConsoleSocket::new(&Path::new(STATE_DIR).join("console")).map_err(internal)?;
         let stdio = Arc::new(Stdio::terminal());
         p.set_stdio(stdio.clone());
         launch(Default::default(), Some(console.path().to_path_buf()))
@@ -230,7 +242,9 @@ where
         let master = console.receive_master().map_err(internal)?;
         stdio.attach_console(master, &p.paths).map_err(internal)?;
     } else {
-        let stdio = Arc::new(Stdio::pipes(&p.paths).map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?);
+        let stdio = Arc::new(
+            Stdio::pipes(&p.paths).map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?,
+        );
         p.set_stdio(stdio.clone());
         let io = stdio.process_io().map_err(internal)?;
         if let Err(e) = launch(io, None).await {
@@ -243,10 +257,15 @@ where
 
 #[async_trait]
 impl Task for Service {
-    async fn create(&self, _ctx: &TtrpcContext, req: CreateTaskRequest) -> RpcResult<CreateTaskResponse> {
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateTaskRequest,
+    ) -> RpcResult<CreateTaskResponse> {
         let id = req.id.clone();
         info!(%id, bundle = %req.bundle, "create");
-        let opts = options::runc_options(req.options.as_ref()).map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
+        let opts = options::runc_options(req.options.as_ref())
+            .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
         if !req.checkpoint.is_empty() {
             return Err(status(
                 Code::UNIMPLEMENTED,
@@ -254,13 +273,25 @@ impl Task for Service {
             ));
         }
         if self.container(&id).is_ok() {
-            return Err(status(Code::ALREADY_EXISTS, format!("container {id} already exists")));
+            return Err(status(
+                Code::ALREADY_EXISTS,
+                format!("container {id} already exists"),
+            ));
         }
         let bundle = PathBuf::from(&req.bundle);
-        let mut spec = BundleSpec::load(&bundle).map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
-        let binary_name = if opts.binary_name.is_empty() { "runc" } else { opts.binary_name.as_str() };
-        let binary = Runc::find_binary(binary_name)
-            .ok_or_else(|| status(Code::FAILED_PRECONDITION, format!("runtime binary {binary_name:?} not found in PATH")))?;
+        let mut spec =
+            BundleSpec::load(&bundle).map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
+        let binary_name = if opts.binary_name.is_empty() {
+            "runc"
+        } else {
+            opts.binary_name.as_str()
+        };
+        let binary = Runc::find_binary(binary_name).ok_or_else(|| {
+            status(
+                Code::FAILED_PRECONDITION,
+                format!("runtime binary {binary_name:?} not found in PATH"),
+            )
+        })?;
         let ns = self.shared.namespace.clone();
         let mut state = BundleState {
             runc_binary: binary.display().to_string(),
@@ -384,7 +415,10 @@ impl Task for Service {
         let c = self.container(&req.id)?;
         let p = c.process(&req.exec_id)?;
         if p.phase() != Phase::Created {
-            return Err(status(Code::FAILED_PRECONDITION, format!("process {} is not in created state", req.id)));
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                format!("process {} is not in created state", req.id),
+            ));
         }
         let _order = c.event_order.lock().await;
         if req.exec_id.is_empty() {
@@ -460,7 +494,11 @@ impl Task for Service {
         let p = c.process(&req.exec_id)?;
         let exit = p.exit();
         Ok(StateResponse {
-            id: if req.exec_id.is_empty() { c.id.clone() } else { req.exec_id.clone() },
+            id: if req.exec_id.is_empty() {
+                c.id.clone()
+            } else {
+                req.exec_id.clone()
+            },
             bundle: c.bundle.display().to_string(),
             pid: p.pid() as u32,
             status: p.status().into(),
@@ -480,9 +518,15 @@ impl Task for Service {
         if !req.exec_id.is_empty() {
             let p = c.process(&req.exec_id)?;
             if matches!(p.phase(), Phase::Running | Phase::Paused) {
-                return Err(status(Code::FAILED_PRECONDITION, format!("exec {} is still running", req.exec_id)));
+                return Err(status(
+                    Code::FAILED_PRECONDITION,
+                    format!("exec {} is still running", req.exec_id),
+                ));
             }
-            c.execs.lock().unwrap_or_else(|p| p.into_inner()).remove(&req.exec_id);
+            c.execs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&req.exec_id);
             let exit = p.exit();
             return Ok(DeleteResponse {
                 pid: p.pid() as u32,
@@ -501,7 +545,12 @@ impl Task for Service {
         // A created task that never ran is killed by `delete --force`; report its exit.
         let exit = match tokio::time::timeout(Duration::from_secs(10), p.wait()).await {
             Ok(e) => e,
-            Err(_) => return Err(internal(format!("container {} did not exit after delete", c.id))),
+            Err(_) => {
+                return Err(internal(format!(
+                    "container {} did not exit after delete",
+                    c.id
+                )))
+            }
         };
         cleanup_bundle(&c.bundle, &c.state);
         self.shared
@@ -600,12 +649,24 @@ impl Task for Service {
         Ok(Empty::new())
     }
 
-    async fn checkpoint(&self, _ctx: &TtrpcContext, req: CheckpointTaskRequest) -> RpcResult<Empty> {
+    async fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CheckpointTaskRequest,
+    ) -> RpcResult<Empty> {
         let c = self.container(&req.id)?;
-        let o = options::checkpoint_options(req.options.as_ref()).map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
-        let image_path = if o.image_path.is_empty() { PathBuf::from(&req.path) } else { PathBuf::from(&o.image_path) };
+        let o = options::checkpoint_options(req.options.as_ref())
+            .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
+        let image_path = if o.image_path.is_empty() {
+            PathBuf::from(&req.path)
+        } else {
+            PathBuf::from(&o.image_path)
+        };
         if image_path.as_os_str().is_empty() {
-            return Err(status(Code::INVALID_ARGUMENT, "checkpoint needs an image path"));
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                "checkpoint needs an image path",
+            ));
         }
         let copts = CheckpointOpts {
             image_path,
@@ -651,10 +712,17 @@ impl Task for Service {
         }
         let pid = p.pid();
         if pid <= 0 {
-            return Err(status(Code::FAILED_PRECONDITION, format!("exec {} has not started", req.exec_id)));
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                format!("exec {} has not started", req.exec_id),
+            ));
         }
-        let sig = nix::sys::signal::Signal::try_from(req.signal as i32)
-            .map_err(|_| status(Code::INVALID_ARGUMENT, format!("invalid signal {}", req.signal)))?;
+        let sig = nix::sys::signal::Signal::try_from(req.signal as i32).map_err(|_| {
+            status(
+                Code::INVALID_ARGUMENT,
+                format!("invalid signal {}", req.signal),
+            )
+        })?;
         match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig) {
             Ok(()) => Ok(Empty::new()),
             Err(nix::errno::Errno::ESRCH) => Err(not_found("process already finished")),
@@ -665,19 +733,35 @@ impl Task for Service {
     async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> RpcResult<Empty> {
         let c = self.container(&req.id)?;
         if !valid_exec_id(&req.exec_id) {
-            return Err(status(Code::INVALID_ARGUMENT, format!("invalid exec id {:?}", req.exec_id)));
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                format!("invalid exec id {:?}", req.exec_id),
+            ));
         }
         if c.init.phase() == Phase::Stopped {
-            return Err(status(Code::FAILED_PRECONDITION, format!("container {} is not running", c.id)));
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                format!("container {} is not running", c.id),
+            ));
         }
-        let spec = req.spec.as_ref().map(|a| a.value.clone()).unwrap_or_default();
+        let spec = req
+            .spec
+            .as_ref()
+            .map(|a| a.value.clone())
+            .unwrap_or_default();
         if serde_json::from_slice::<serde_json::Value>(&spec).is_err() {
-            return Err(status(Code::INVALID_ARGUMENT, "exec process spec is not valid JSON"));
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                "exec process spec is not valid JSON",
+            ));
         }
         {
             let mut execs = c.execs.lock().unwrap_or_else(|p| p.into_inner());
             if execs.contains_key(&req.exec_id) {
-                return Err(status(Code::ALREADY_EXISTS, format!("exec {} already exists", req.exec_id)));
+                return Err(status(
+                    Code::ALREADY_EXISTS,
+                    format!("exec {} already exists", req.exec_id),
+                ));
             }
             let paths = StdioPaths {
                 stdin: req.stdin.clone(),
@@ -728,12 +812,16 @@ impl Task for Service {
             return Err(status(Code::INVALID_ARGUMENT, "update without resources"));
         };
         if serde_json::from_slice::<oci_spec::runtime::LinuxResources>(&res.value).is_err() {
-            return Err(status(Code::INVALID_ARGUMENT, "resources are not a valid OCI LinuxResources document"));
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                "resources are not a valid OCI LinuxResources document",
+            ));
         }
         static SEQ: AtomicU64 = AtomicU64::new(0);
-        let file = c
-            .bundle
-            .join(format!(".lightwhale-resources-{}.json", SEQ.fetch_add(1, Ordering::Relaxed)));
+        let file = c.bundle.join(format!(
+            ".lightwhale-resources-{}.json",
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::write(&file, &res.value).map_err(internal)?;
         let r = c.runc.update(&c.id, &file).await;
         let _ = std::fs::remove_file(&file);
@@ -768,7 +856,11 @@ impl Task for Service {
         })
     }
 
-    async fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> RpcResult<ConnectResponse> {
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ConnectRequest,
+    ) -> RpcResult<ConnectResponse> {
         let task_pid = self.container(&req.id).map(|c| c.init.pid()).unwrap_or(0);
         Ok(ConnectResponse {
             shim_pid: std::process::id(),

@@ -20,7 +20,10 @@ use crate::options::BundleState;
 use crate::service::{cleanup_bundle, Service};
 
 /// Annotations by which containerd's CRI groups a pod's containers into one shim.
-const SANDBOX_ANNOTATIONS: &[&str] = &["io.kubernetes.cri.sandbox-id", "io.kubernetes.cri-o.SandboxID"];
+const SANDBOX_ANNOTATIONS: &[&str] = &[
+    "io.kubernetes.cri.sandbox-id",
+    "io.kubernetes.cri-o.SandboxID",
+];
 
 pub struct LightwhaleShim {
     exit: Arc<ExitSignal>,
@@ -49,9 +52,11 @@ impl Shim for LightwhaleShim {
         let grouping = BundleSpec::load(Path::new("."))
             .ok()
             .and_then(|s| {
-                SANDBOX_ANNOTATIONS
-                    .iter()
-                    .find_map(|k| s.annotation(k).filter(|v| !v.is_empty()).map(str::to_string))
+                SANDBOX_ANNOTATIONS.iter().find_map(|k| {
+                    s.annotation(k)
+                        .filter(|v| !v.is_empty())
+                        .map(str::to_string)
+                })
             })
             .unwrap_or_else(|| opts.id.clone());
         let address = spawn(opts, &grouping, Vec::new()).await?;
@@ -60,7 +65,8 @@ impl Shim for LightwhaleShim {
     }
 
     async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
-        let bundle = std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
+        let bundle =
+            std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
         if let Some(state) = BundleState::load(&bundle) {
             let runc = Runc::new(&state.runc_binary, &state.runc_root, state.systemd_cgroup);
             if let Err(e) = runc.delete(&self.id, true).await {

@@ -24,7 +24,11 @@ fn start_shim(bundle: &Path, ns: &str, id: &str) -> String {
         .env("TTRPC_ADDRESS", format!("{CONTAINERD}.ttrpc"))
         .output()
         .expect("run shim start");
-    assert!(out.status.success(), "shim start: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "shim start: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -33,17 +37,25 @@ fn busybox_bundle(dir: &Path, args: &[&str]) {
     std::fs::create_dir_all(rootfs.join("bin")).expect("mkdir");
     std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox");
     std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).expect("sh");
-    let out = Command::new("runc").arg("spec").current_dir(dir).output().expect("runc spec");
+    let out = Command::new("runc")
+        .arg("spec")
+        .current_dir(dir)
+        .output()
+        .expect("runc spec");
     assert!(out.status.success());
     let path = dir.join("config.json");
-    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("spec")).expect("json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("spec")).expect("json");
     spec["process"]["terminal"] = false.into();
     spec["process"]["args"] = args.iter().map(|a| serde_json::Value::from(*a)).collect();
     std::fs::write(&path, serde_json::to_vec(&spec).expect("json")).expect("write");
 }
 
 async fn create_err(task: &TaskClient, req: CreateTaskRequest) -> String {
-    match task.create(context::with_timeout(30_000_000_000), &req).await {
+    match task
+        .create(context::with_timeout(30_000_000_000), &req)
+        .await
+    {
         Ok(r) => panic!("create must fail, got pid {}", r.pid),
         Err(e) => format!("{e:?}"),
     }
@@ -77,7 +89,10 @@ async fn bad_input_gets_clear_errors_and_the_shim_survives() {
         ..Default::default()
     });
     let e = create_err(&task, req).await;
-    assert!(e.contains("unsupported runtime options type") && e.contains("runhcs"), "{e}");
+    assert!(
+        e.contains("unsupported runtime options type") && e.contains("runhcs"),
+        "{e}"
+    );
 
     // A bundle that is not there.
     let mut req = base.clone();
@@ -96,19 +111,37 @@ async fn bad_input_gets_clear_errors_and_the_shim_survives() {
 
     // A spec runc rejects: runc's own reason comes through.
     let e = create_err(&task, base.clone()).await;
-    assert!(e.contains("/no/such/binary"), "runc's reason must reach the client: {e}");
+    assert!(
+        e.contains("/no/such/binary"),
+        "runc's reason must reach the client: {e}"
+    );
     let pin = format!("/run/lightwhale/netns/{ns}-{id}");
-    assert!(!Path::new(&pin).exists(), "a failed create leaves no pinned namespace behind");
+    assert!(
+        !Path::new(&pin).exists(),
+        "a failed create leaves no pinned namespace behind"
+    );
 
     // Still alive and answering.
     let r = task
-        .connect(context::with_timeout(5_000_000_000), &ConnectRequest { id: id.clone(), ..Default::default() })
+        .connect(
+            context::with_timeout(5_000_000_000),
+            &ConnectRequest {
+                id: id.clone(),
+                ..Default::default()
+            },
+        )
         .await
         .expect("shim still serves after errors");
     assert!(r.shim_pid > 0);
     let shim_pid = r.shim_pid as i32;
     let _ = task
-        .shutdown(context::with_timeout(5_000_000_000), &ShutdownRequest { id: id.clone(), ..Default::default() })
+        .shutdown(
+            context::with_timeout(5_000_000_000),
+            &ShutdownRequest {
+                id: id.clone(),
+                ..Default::default()
+            },
+        )
         .await;
     wait_until("shim exit", std::time::Duration::from_secs(10), || {
         !Path::new(&format!("/proc/{shim_pid}")).exists()
@@ -119,12 +152,24 @@ async fn bad_input_gets_clear_errors_and_the_shim_survives() {
 
     // The delete subcommand cleans up after a shim and reports a SIGKILL exit.
     let out = Command::new(SHIM)
-        .args(["-namespace", ns, "-id", &id, "-address", CONTAINERD, "delete"])
+        .args([
+            "-namespace",
+            ns,
+            "-id",
+            &id,
+            "-address",
+            CONTAINERD,
+            "delete",
+        ])
         .current_dir(&bundle)
         .env("TTRPC_ADDRESS", format!("{CONTAINERD}.ttrpc"))
         .output()
         .expect("shim delete");
-    assert!(out.status.success(), "delete: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "delete: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -147,12 +192,21 @@ fn info_answers_with_runc_features() {
     if !stack_or_skip("shim -info") {
         return;
     }
-    let out = Command::new(SHIM).arg("-info").output().expect("shim -info");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(SHIM)
+        .arg("-info")
+        .output()
+        .expect("shim -info");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     use containerd_shim_protos::protobuf::Message;
-    let info = containerd_shim_protos::types::introspection::RuntimeInfo::parse_from_bytes(&out.stdout)
-        .expect("RuntimeInfo protobuf");
+    let info =
+        containerd_shim_protos::types::introspection::RuntimeInfo::parse_from_bytes(&out.stdout)
+            .expect("RuntimeInfo protobuf");
     assert_eq!(info.name, "io.containerd.lightwhale.v2");
-    let features: serde_json::Value = serde_json::from_slice(&info.features.value).expect("features JSON");
+    let features: serde_json::Value =
+        serde_json::from_slice(&info.features.value).expect("features JSON");
     assert!(features.get("ociVersionMin").is_some(), "{features}");
 }

@@ -14,10 +14,27 @@ fn ctr_run_output_and_exit_code() {
         return;
     }
     let id = unique("ctr");
-    let out = ctr(&["run", "--rm", "--runtime", RUNTIME, CTR_IMAGE, &id, "sh", "-c", "echo hi from ctr; exit 3"]);
+    let out = ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        CTR_IMAGE,
+        &id,
+        "sh",
+        "-c",
+        "echo hi from ctr; exit 3",
+    ]);
     assert_eq!(out.code, 3, "{out:?}");
     assert_eq!(out.stdout.trim(), "hi from ctr", "{out:?}");
-    assert_eq!(ctr(&["task", "ls", "-q"]).stdout.lines().filter(|l| *l == id).count(), 0);
+    assert_eq!(
+        ctr(&["task", "ls", "-q"])
+            .stdout
+            .lines()
+            .filter(|l| *l == id)
+            .count(),
+        0
+    );
 }
 
 #[test]
@@ -36,23 +53,52 @@ fn ctr_detached_task_exec_kill() {
         }
     }
     let _g = Gone(id.clone());
-    ctr(&["run", "-d", "--runtime", RUNTIME, CTR_IMAGE, &id, "httpd", "-f", "-p", "8080", "-h", "/www"]).ok();
+    ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        CTR_IMAGE,
+        &id,
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+        "-h",
+        "/www",
+    ])
+    .ok();
     // lo must be up in the namespace the shim made, as runc would have it.
     let mut body = String::new();
     for attempt in 0..50 {
-        let out = ctr(&["task", "exec", "--exec-id", &format!("e{attempt}"), &id, "wget", "-qO-", "http://127.0.0.1:8080/"]);
+        let out = ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            &format!("e{attempt}"),
+            &id,
+            "wget",
+            "-qO-",
+            "http://127.0.0.1:8080/",
+        ]);
         if out.code == 0 {
             body = out.stdout;
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(body.contains("hello from lightwhale"), "served inside its namespace: {body:?}");
+    assert!(
+        body.contains("hello from lightwhale"),
+        "served inside its namespace: {body:?}"
+    );
     let ps = ctr(&["task", "ps", &id]).ok();
     assert!(ps.stdout.lines().count() >= 2, "{ps:?}");
     ctr(&["task", "kill", "-s", "SIGTERM", &id]).ok();
     wait_until("task stopped", Duration::from_secs(15), || {
-        ctr(&["task", "ls"]).stdout.lines().any(|l| l.starts_with(&id) && l.contains("STOPPED"))
+        ctr(&["task", "ls"])
+            .stdout
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains("STOPPED"))
     });
     ctr(&["task", "rm", &id]).ok();
     ctr(&["container", "rm", &id]).ok();

@@ -24,7 +24,10 @@ pub fn privileged_or_skip(what: &str) -> bool {
         return true;
     }
     if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{what}: CI must run this test, but this host lacks {}", missing.join(", "));
+        panic!(
+            "{what}: CI must run this test, but this host lacks {}",
+            missing.join(", ")
+        );
     }
     eprintln!("SKIP {what}: needs {}", missing.join(", "));
     false
@@ -32,7 +35,9 @@ pub fn privileged_or_skip(what: &str) -> bool {
 
 pub const BUSYBOX: &str = "/bin/busybox";
 
-const APPLETS: &[&str] = &["sh", "httpd", "echo", "sleep", "cat", "wget", "ls", "nc", "true", "ps"];
+const APPLETS: &[&str] = &[
+    "sh", "httpd", "echo", "sleep", "cat", "wget", "ls", "nc", "true", "ps",
+];
 
 /// A bundle running `args` in a busybox rootfs, with a network namespace at `netns`
 /// (or a private one runc creates, when None).
@@ -54,7 +59,11 @@ pub fn busybox_bundle(dir: &Path, args: &[&str], netns: Option<&Path>) -> PathBu
         .current_dir(&bundle)
         .output()
         .expect("runc spec");
-    assert!(out.status.success(), "runc spec: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "runc spec: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let path = bundle.join("config.json");
     let mut spec: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).expect("read spec")).expect("parse spec");
@@ -62,7 +71,9 @@ pub fn busybox_bundle(dir: &Path, args: &[&str], netns: Option<&Path>) -> PathBu
     spec["process"]["args"] = args.iter().map(|a| serde_json::Value::from(*a)).collect();
     spec["root"]["readonly"] = false.into();
     if let Some(ns) = netns {
-        let list = spec["linux"]["namespaces"].as_array_mut().expect("namespaces");
+        let list = spec["linux"]["namespaces"]
+            .as_array_mut()
+            .expect("namespaces");
         for n in list.iter_mut() {
             if n["type"] == "network" {
                 n["path"] = ns.display().to_string().into();
@@ -93,8 +104,10 @@ pub fn http_get_in(netns: &Path, port: u16) -> String {
         loop {
             match std::net::TcpStream::connect(("127.0.0.1", port)) {
                 Ok(mut s) => {
-                    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok();
-                    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").expect("send");
+                    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                        .ok();
+                    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+                        .expect("send");
                     let mut body = String::new();
                     s.read_to_string(&mut body).expect("read");
                     return body;

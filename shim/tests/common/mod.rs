@@ -50,10 +50,23 @@ pub fn run(bin: &str, args: &[&str]) -> Out {
 pub fn run_stdin(bin: &str, args: &[&str], input: Option<&str>) -> Out {
     let mut cmd = Command::new(bin);
     cmd.args(args)
-        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return Out {
+                code: -1,
+                stdout: String::new(),
+                stderr: format!("cannot run {bin}: {e}"),
+            }
+        }
+    };
     if let Some(text) = input {
         use std::io::Write;
         let mut stdin = child.stdin.take().expect("stdin");
@@ -78,7 +91,11 @@ pub fn ctr(args: &[&str]) -> Out {
 /// A name unique to this test run, so parallel tests never clash.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("lwt-{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "lwt-{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A loopback port unique to this test run.
@@ -97,7 +114,10 @@ pub fn stack_or_skip(what: &str) -> bool {
     if dockerd.code != 0 {
         missing.push(format!("a running dockerd ({})", dockerd.stderr.trim()));
     } else if !dockerd.stdout.contains("\"lightwhale\"") {
-        missing.push("the lightwhale runtime in /etc/docker/daemon.json (run scripts/install-deps.sh)".into());
+        missing.push(
+            "the lightwhale runtime in /etc/docker/daemon.json (run scripts/install-deps.sh)"
+                .into(),
+        );
     }
     if run("ctr", &["version"]).code != 0 {
         missing.push("a running containerd".into());
@@ -117,7 +137,10 @@ pub fn stack_or_skip(what: &str) -> bool {
         return true;
     }
     if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{what}: CI must run this test, but the host lacks: {}", missing.join("; "));
+        panic!(
+            "{what}: CI must run this test, but the host lacks: {}",
+            missing.join("; ")
+        );
     }
     eprintln!("SKIP {what}: needs {}", missing.join("; "));
     false
@@ -143,7 +166,9 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 }
 
 pub fn inspect(name: &str, format: &str) -> String {
-    docker(&["inspect", "-f", format, name]).trimmed().to_string()
+    docker(&["inspect", "-f", format, name])
+        .trimmed()
+        .to_string()
 }
 
 /// An HTTP GET to 127.0.0.1:port, retried while the server starts.
@@ -171,5 +196,8 @@ pub fn http_get(port: u16) -> String {
 /// The shim processes serving lightwhale containers right now.
 pub fn shim_pids() -> Vec<i32> {
     let out = run("pgrep", &["-f", "containerd-shim-lightwhale-v2"]);
-    out.stdout.lines().filter_map(|l| l.trim().parse().ok()).collect()
+    out.stdout
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
 }
