@@ -59,28 +59,55 @@ pub fn set_subreaper() -> crate::Result<()> {
     Ok(())
 }
 
-/// Starts the SIGCHLD loop on the current tokio runtime. Idempotent.
+/// Starts the SIGCHLD loop on a thread of its own. Idempotent.
+///
+/// The loop gets its own small runtime rather than a task on the caller's: a task would
+/// die with whichever runtime installed it first, and every later exit would go unreaped.
 pub fn install() -> crate::Result<()> {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    if INSTALLED.get().is_some() {
-        return Ok(());
-    }
-    let mut sigchld = signal(SignalKind::child()).map_err(|e| crate::Error::Io {
-        what: "listen for SIGCHLD",
-        path: "signal".into(),
-        source: e,
-    })?;
-    if INSTALLED.set(()).is_err() {
-        return Ok(());
-    }
-    tokio::spawn(async move {
-        // Children may have exited before the handler existed.
-        reap_all();
-        while sigchld.recv().await.is_some() {
-            reap_all();
+    static INSTALLED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    let result = INSTALLED.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("lightwhale-reaper".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("reaper runtime: {e}")));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let mut sigchld = match signal(SignalKind::child()) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = tx.send(Err(format!("listen for SIGCHLD: {e}")));
+                            return;
+                        }
+                    };
+                    let _ = tx.send(Ok(()));
+                    // Children may have exited before the handler existed.
+                    reap_all();
+                    while sigchld.recv().await.is_some() {
+                        reap_all();
+                    }
+                });
+            });
+        match spawned {
+            Ok(_) => rx
+                .recv()
+                .unwrap_or_else(|_| Err("reaper thread ended early".into())),
+            Err(e) => Err(format!("spawn reaper thread: {e}")),
         }
     });
-    Ok(())
+    result.clone().map_err(|message| crate::Error::Io {
+        what: "start the child reaper",
+        path: "SIGCHLD".into(),
+        source: std::io::Error::other(message),
+    })
 }
 
 /// Reaps every exited child; signals coalesce, so one SIGCHLD may stand for many.

@@ -102,5 +102,8 @@ fn main() -> ExitCode {
         RUNTIME_ID,
         Some(config),
     ));
+    // A copier may still be blocked opening a fifo whose client went away; waiting for
+    // it would keep a shim around that containerd already counts as gone.
+    runtime.shutdown_background();
     ExitCode::SUCCESS
 }

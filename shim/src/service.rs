@@ -877,6 +877,7 @@ impl Task for Service {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_empty();
+        info!(empty, "shutdown requested");
         if empty {
             self.shared.exit.signal();
         }

@@ -17,7 +17,34 @@ use containerd_shim_protos::ttrpc::context;
 const SHIM: &str = "containerd-shim-lightwhale-v2";
 const CONTAINERD: &str = "/run/containerd/containerd.sock";
 
+/// containerd makes a `log` fifo in the bundle for the shim's log and reads it; so do we.
+fn log_fifo(bundle: &Path) -> std::thread::JoinHandle<String> {
+    let path = bundle.join("log");
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .expect("mkfifo log");
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open log fifo");
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut text = String::new();
+        let mut buf = [0u8; 4096];
+        let mut r = reader;
+        // Ends when the test process exits; the text is for failure messages.
+        while let Ok(n) = r.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        text
+    })
+}
+
 fn start_shim(bundle: &Path, ns: &str, id: &str) -> String {
+    let _log = log_fifo(bundle);
     let out = Command::new(SHIM)
         .args(["-namespace", ns, "-id", id, "-address", CONTAINERD, "start"])
         .current_dir(bundle)

@@ -15,7 +15,9 @@ fn run_rm_output_and_exit_codes_match_runc() {
     let cases: &[(&str, i32)] = &[
         ("echo out; echo err >&2; exit 0", 0),
         ("echo three; exit 3", 3),
-        ("echo before; kill -9 $$", 137),
+        // (A SIGKILL death, also 137, is covered by the stop and kill tests: PID 1 cannot
+        // SIGKILL itself from inside its namespace.)
+        ("echo before; exit 137", 137),
     ];
     for (script, want) in cases {
         let mut seen = Vec::new();
@@ -195,6 +197,28 @@ fn stop_falls_back_to_sigkill_like_runc() {
         );
         assert_eq!(inspect(&name, "{{.State.ExitCode}}"), "137", "{rt}");
         assert_eq!(inspect(&name, "{{.State.Running}}"), "false", "{rt}");
+
+        let name = unique("kill");
+        let _k = Cleanup(vec![name.clone()]);
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--runtime",
+            rt,
+            IMAGE,
+            "sleep",
+            "1000",
+        ])
+        .ok();
+        docker(&["kill", &name]).ok();
+        let code = docker(&["wait", &name]).ok();
+        assert_eq!(
+            code.trimmed(),
+            "137",
+            "{rt}: docker kill is a SIGKILL death"
+        );
     }
 }
 

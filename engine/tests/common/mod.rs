@@ -54,22 +54,11 @@ pub fn busybox_bundle(dir: &Path, args: &[&str], netns: Option<&Path>) -> PathBu
     std::fs::write(rootfs.join("www/index.html"), "hello from lightwhale\n").expect("index");
     std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").expect("passwd");
 
-    let out = std::process::Command::new("runc")
-        .arg("spec")
-        .current_dir(&bundle)
-        .output()
-        .expect("runc spec");
-    assert!(
-        out.status.success(),
-        "runc spec: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Written here rather than by `runc spec`: the engine's reaper owns waitpid in this
+    // process, so std's Command::output() would lose the child's status.
     let path = bundle.join("config.json");
-    let mut spec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).expect("read spec")).expect("parse spec");
-    spec["process"]["terminal"] = false.into();
+    let mut spec = default_spec();
     spec["process"]["args"] = args.iter().map(|a| serde_json::Value::from(*a)).collect();
-    spec["root"]["readonly"] = false.into();
     if let Some(ns) = netns {
         let list = spec["linux"]["namespaces"]
             .as_array_mut()
@@ -118,6 +107,47 @@ pub fn http_get_in(netns: &Path, port: u16) -> String {
                 }
                 Err(e) => panic!("connect 127.0.0.1:{port}: {e}"),
             }
+        }
+    })
+}
+
+/// runc's default spec (as `runc spec` writes it), without a terminal and writable.
+pub fn default_spec() -> serde_json::Value {
+    serde_json::json!({
+        "ociVersion": "1.0.2-dev",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": ["sh"],
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"],
+            "cwd": "/",
+            "capabilities": {
+                "bounding": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+                "effective": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+                "permitted": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+                "ambient": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs", "readonly": false},
+        "hostname": "lightwhale",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
+        ],
+        "linux": {
+            "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+            "namespaces": [
+                {"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}
+            ],
+            "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
         }
     })
 }
