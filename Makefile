@@ -20,9 +20,12 @@ deps:
 # containerd finds shims by name on its PATH: containerd-shim-<name>-<version>.
 install: build
 	install -D -m 0755 $(RELEASE_BIN) $(DESTDIR)$(PREFIX)/bin/$(SHIM)
+	install -d -m 0755 $(DESTDIR)$(PREFIX)/share/lightwhale/criu-profiles
+	install -m 0644 criu-profiles/*.conf $(DESTDIR)$(PREFIX)/share/lightwhale/criu-profiles/
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/$(SHIM)
+	rm -rf $(DESTDIR)$(PREFIX)/share/lightwhale
 
 images:
 	bash scripts/make-test-images.sh

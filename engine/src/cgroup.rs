@@ -45,6 +45,18 @@ impl MemoryCgroup {
         })
     }
 
+    /// Memory charged to the cgroup now, in bytes (v1 `memory.usage_in_bytes`, v2
+    /// `memory.current`).
+    pub fn usage_bytes(&self) -> Option<u64> {
+        let dir = self.counter.parent()?;
+        let file = if self.counter.ends_with("memory.oom_control") {
+            dir.join("memory.usage_in_bytes")
+        } else {
+            dir.join("memory.current")
+        };
+        std::fs::read_to_string(file).ok()?.trim().parse().ok()
+    }
+
     /// Processes the kernel's OOM killer has killed in this cgroup so far.
     pub fn oom_kills(&self) -> u64 {
         let Ok(text) = std::fs::read_to_string(&self.counter) else {

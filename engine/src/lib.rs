@@ -11,11 +11,13 @@
 //! - [`spec`]: the edits the shim makes to a bundle's `config.json`.
 //! - [`cgroup`]: the few cgroup reads the shim needs (OOM counters), v1 and v2.
 
+pub mod activity;
 pub mod cgroup;
 pub mod error;
 pub mod netns;
 pub mod reaper;
 pub mod runc;
+pub mod sockets;
 pub mod spec;
 pub mod stdio;
 

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,8 +33,10 @@ use lightwhale_engine::stdio::{ConsoleSocket, Stdio, StdioPaths};
 use lightwhale_engine::{netns, reaper};
 use tracing::{info, warn};
 
+use crate::config::{self, NodeConfig, SleepConfig};
 use crate::options::{self, BundleState, STATE_DIR};
 use crate::process::{ExitInfo, Phase, Process};
+use crate::sleep::{self, Held, Status};
 
 /// How long a finished process's output may take to drain to the client.
 const IO_DRAIN: Duration = Duration::from_secs(3);
@@ -58,19 +60,66 @@ fn ts(t: std::time::SystemTime) -> MessageField<Timestamp> {
 }
 
 pub struct Container {
-    id: String,
-    bundle: PathBuf,
-    runc: Runc,
+    pub id: String,
+    pub namespace: String,
+    pub bundle: PathBuf,
+    pub runc: Runc,
     state: BundleState,
-    init: Arc<Process>,
+    pub init: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
-    memcg: Mutex<Option<MemoryCgroup>>,
+    pub memcg: Mutex<Option<MemoryCgroup>>,
     oom_baseline: AtomicU64,
     /// Orders a process's start event before its exit event.
     event_order: tokio::sync::Mutex<()>,
+    pub sleep_cfg: SleepConfig,
+    /// `<image dir>/<namespace>/<id>`: checkpoint images, CRIU logs, the restore bundle.
+    pub image_root: PathBuf,
+    /// One sleep/wake transition at a time.
+    pub transition: tokio::sync::Mutex<()>,
+    pub ckpt: Mutex<CheckpointGuard>,
+    pub held: Mutex<Held>,
+    pub status: Mutex<Status>,
+    /// Resources sent by Update while asleep, applied at wake.
+    pub pending_update: Mutex<Option<PathBuf>>,
+    activity: AtomicBool,
+    pub deleted: AtomicBool,
+    pub control_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// The init pid being checkpointed: its exit is the dump's doing, not the task's end.
+#[derive(Default)]
+pub struct CheckpointGuard {
+    pub pid: i32,
+    pub swallowed: Option<reaper::Exit>,
 }
 
 impl Container {
+    pub fn running_execs(&self) -> usize {
+        self.execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|p| matches!(p.phase(), Phase::Running | Phase::Paused))
+            .count()
+    }
+
+    pub fn record_error(&self, e: &dyn std::fmt::Display) {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_error = Some(e.to_string());
+        self.write_status();
+    }
+
+    /// Marks activity the monitor cannot see in counters (an exec, a wake).
+    pub fn touch_activity(&self) {
+        self.activity.store(true, Ordering::Relaxed);
+    }
+
+    pub fn take_activity(&self) -> bool {
+        self.activity.swap(false, Ordering::Relaxed)
+    }
+
     fn process(&self, exec_id: &str) -> RpcResult<Arc<Process>> {
         if exec_id.is_empty() {
             return Ok(self.init.clone());
@@ -86,13 +135,14 @@ impl Container {
 
 pub struct Shared {
     namespace: String,
+    node: NodeConfig,
     publisher: RemotePublisher,
     exit: Arc<ExitSignal>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
 }
 
 impl Shared {
-    async fn publish(&self, topic: &str, event: Box<dyn Event>) {
+    pub async fn publish(&self, topic: &str, event: Box<dyn Event>) {
         if let Err(e) = self
             .publisher
             .publish(Context::default(), topic, &self.namespace, event)
@@ -112,6 +162,10 @@ impl Service {
         Service {
             shared: Arc::new(Shared {
                 namespace: namespace.to_string(),
+                node: NodeConfig::load().unwrap_or_else(|e| {
+                    warn!("{e}; using built-in defaults");
+                    NodeConfig::default()
+                }),
                 publisher,
                 exit,
                 containers: Mutex::new(HashMap::new()),
@@ -167,7 +221,7 @@ fn read_pid(path: &Path) -> RpcResult<i32> {
 }
 
 /// Watches a process until it exits, then drains its output and reports the exit.
-fn spawn_exit_watcher(
+pub fn spawn_exit_watcher(
     shared: Arc<Shared>,
     c: Arc<Container>,
     p: Arc<Process>,
@@ -176,52 +230,71 @@ fn spawn_exit_watcher(
 ) {
     tokio::spawn(async move {
         let exit = reaper::wait(pid, since).await;
-        let is_init = p.exec_id.is_empty();
-        if is_init {
-            let memcg = c.memcg.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            if let Some(cg) = memcg {
-                if cg.oom_kills() > c.oom_baseline.load(Ordering::Relaxed) {
-                    info!(id = %c.id, "OOM kill in container");
-                    shared
-                        .publish(
-                            containerd_shim_protos::topics::TASK_OOM_EVENT_TOPIC,
-                            Box::new(TaskOOM {
-                                container_id: c.id.clone(),
-                                ..Default::default()
-                            }),
-                        )
-                        .await;
-                }
+        if p.exec_id.is_empty() {
+            let mut g = c.ckpt.lock().unwrap_or_else(|p| p.into_inner());
+            if g.pid == pid {
+                // CRIU ended it for a checkpoint; the sleep path decides what it means.
+                g.swallowed = Some(exit);
+                return;
             }
         }
-        if let Some(stdio) = p.stdio() {
-            stdio.finish(IO_DRAIN).await;
-        }
-        let info = ExitInfo {
-            status: exit.status as u32,
-            at: exit.at,
-        };
-        let _order = c.event_order.lock().await;
-        p.set_exited(info);
-        info!(id = %c.id, exec = %p.exec_id, pid, status = exit.status, "process exited");
-        shared
-            .publish(
-                containerd_shim_protos::topics::TASK_EXIT_EVENT_TOPIC,
-                Box::new(TaskExit {
-                    container_id: c.id.clone(),
-                    id: if is_init {
-                        c.id.clone()
-                    } else {
-                        p.exec_id.clone()
-                    },
-                    pid: pid as u32,
-                    exit_status: info.status,
-                    exited_at: ts(info.at),
-                    ..Default::default()
-                }),
-            )
-            .await;
+        handle_exit(shared, c, p, exit).await;
     });
+}
+
+/// A process ended for good: OOM check, drain its output, report the exit.
+pub async fn handle_exit(
+    shared: Arc<Shared>,
+    c: Arc<Container>,
+    p: Arc<Process>,
+    exit: reaper::Exit,
+) {
+    let is_init = p.exec_id.is_empty();
+    let pid = exit.pid;
+    if is_init {
+        let memcg = c.memcg.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(cg) = memcg {
+            if cg.oom_kills() > c.oom_baseline.load(Ordering::Relaxed) {
+                info!(id = %c.id, "OOM kill in container");
+                shared
+                    .publish(
+                        containerd_shim_protos::topics::TASK_OOM_EVENT_TOPIC,
+                        Box::new(TaskOOM {
+                            container_id: c.id.clone(),
+                            ..Default::default()
+                        }),
+                    )
+                    .await;
+            }
+        }
+    }
+    if let Some(stdio) = p.stdio() {
+        stdio.finish(IO_DRAIN).await;
+    }
+    let info = ExitInfo {
+        status: exit.status as u32,
+        at: exit.at,
+    };
+    let _order = c.event_order.lock().await;
+    p.set_exited(info);
+    info!(id = %c.id, exec = %p.exec_id, pid, status = exit.status, "process exited");
+    shared
+        .publish(
+            containerd_shim_protos::topics::TASK_EXIT_EVENT_TOPIC,
+            Box::new(TaskExit {
+                container_id: c.id.clone(),
+                id: if is_init {
+                    c.id.clone()
+                } else {
+                    p.exec_id.clone()
+                },
+                pid: pid as u32,
+                exit_status: info.status,
+                exited_at: ts(info.at),
+                ..Default::default()
+            }),
+        )
+        .await;
 }
 
 /// Starts a process's stdio and runs `launch` (runc create or exec) with it; for a
@@ -281,6 +354,12 @@ impl Task for Service {
         let bundle = PathBuf::from(&req.bundle);
         let mut spec =
             BundleSpec::load(&bundle).map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
+        let sleep_cfg = config::sleep_config(
+            &spec.annotations(),
+            &self.shared.node,
+            &config::profile_dirs(),
+        )
+        .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
         let binary_name = if opts.binary_name.is_empty() {
             "runc"
         } else {
@@ -326,6 +405,14 @@ impl Task for Service {
                     spec.save().map_err(internal)?;
                 }
             }
+            if sleep_cfg.enabled {
+                // runc passes this file to CRIU on checkpoint and restore alike.
+                spec.set_annotation(
+                    "org.criu.config",
+                    &sleep_cfg.criu_profile_path.display().to_string(),
+                );
+                spec.save().map_err(internal)?;
+            }
             state.save(&bundle).map_err(internal)?;
 
             let paths = StdioPaths {
@@ -367,8 +454,24 @@ impl Task for Service {
 
         let memcg = MemoryCgroup::of_pid(pid);
         let baseline = memcg.as_ref().map(MemoryCgroup::oom_kills).unwrap_or(0);
+        let image_root = self.shared.node.image_dir().join(&ns).join(&id);
+        let status_doc = Status {
+            id: id.clone(),
+            namespace: ns.clone(),
+            since_unix_ms: 0,
+            config: serde_json::json!({
+                "sleep": sleep_cfg.enabled,
+                "idle_timeout_ms": sleep_cfg.idle_timeout.as_millis() as u64,
+                "ports": sleep_cfg.ports,
+                "criu_profile": sleep_cfg.criu_profile,
+                "criu_profile_path": sleep_cfg.criu_profile_path,
+                "image_dir": image_root,
+            }),
+            ..Default::default()
+        };
         let c = Arc::new(Container {
             id: id.clone(),
+            namespace: ns.clone(),
             bundle: bundle.clone(),
             runc,
             state,
@@ -377,7 +480,19 @@ impl Task for Service {
             memcg: Mutex::new(memcg),
             oom_baseline: AtomicU64::new(baseline),
             event_order: tokio::sync::Mutex::new(()),
+            sleep_cfg,
+            image_root,
+            transition: tokio::sync::Mutex::new(()),
+            ckpt: Mutex::new(CheckpointGuard::default()),
+            held: Mutex::new(Held::default()),
+            status: Mutex::new(status_doc),
+            pending_update: Mutex::new(None),
+            activity: AtomicBool::new(false),
+            deleted: AtomicBool::new(false),
+            control_task: Mutex::new(None),
         });
+        c.write_status();
+        sleep::spawn_control(self.shared.clone(), c.clone());
         self.shared
             .containers
             .lock()
@@ -424,6 +539,17 @@ impl Task for Service {
         if req.exec_id.is_empty() {
             c.runc.start(&c.id).await.map_err(internal)?;
             p.set_phase(Phase::Running);
+            {
+                let mut st = c.status.lock().unwrap_or_else(|p| p.into_inner());
+                st.since_unix_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+            }
+            c.write_status();
+            if c.sleep_cfg.enabled {
+                sleep::spawn_monitor(self.shared.clone(), c.clone());
+            }
             let pid = p.pid();
             self.shared
                 .publish(
@@ -441,6 +567,12 @@ impl Task for Service {
             });
         }
 
+        drop(_order);
+        c.touch_activity();
+        sleep::wake(&self.shared, &c, "exec")
+            .await
+            .map_err(internal)?;
+        let _order = c.event_order.lock().await;
         let exec_id = req.exec_id.clone();
         let process_json = c.bundle.join(format!(".lightwhale-exec-{exec_id}.json"));
         std::fs::write(&process_json, &p.spec).map_err(internal)?;
@@ -536,6 +668,8 @@ impl Task for Service {
             });
         }
         let p = c.init.clone();
+        c.deleted.store(true, Ordering::Relaxed);
+        sleep::kill_asleep(&self.shared, &c).await;
         if let Err(e) = c.runc.delete(&c.id, true).await {
             // Gone already is what we want.
             if !e.to_string().contains("does not exist") {
@@ -553,6 +687,17 @@ impl Task for Service {
             }
         };
         cleanup_bundle(&c.bundle, &c.state);
+        c.discard_images();
+        if let Some(t) = c
+            .control_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            t.abort();
+        }
+        let _ = std::fs::remove_file(c.control_path());
+        let _ = std::fs::remove_file(c.status_path());
         self.shared
             .containers
             .lock()
@@ -581,7 +726,8 @@ impl Task for Service {
 
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> RpcResult<PidsResponse> {
         let c = self.container(&req.id)?;
-        if c.init.phase() == Phase::Stopped {
+        if c.init.phase() == Phase::Stopped || c.is_asleep() {
+            // Asleep: truthfully no processes, and never an error.
             return Ok(PidsResponse::default());
         }
         let pids = c.runc.ps(&c.id).await.map_err(internal)?;
@@ -619,6 +765,9 @@ impl Task for Service {
 
     async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> RpcResult<Empty> {
         let c = self.container(&req.id)?;
+        sleep::wake(&self.shared, &c, "pause")
+            .await
+            .map_err(internal)?;
         c.runc.pause(&c.id).await.map_err(internal)?;
         c.init.set_phase(Phase::Paused);
         self.shared
@@ -657,6 +806,9 @@ impl Task for Service {
         let c = self.container(&req.id)?;
         let o = options::checkpoint_options(req.options.as_ref())
             .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
+        sleep::wake(&self.shared, &c, "checkpoint request")
+            .await
+            .map_err(internal)?;
         let image_path = if o.image_path.is_empty() {
             PathBuf::from(&req.path)
         } else {
@@ -702,6 +854,16 @@ impl Task for Service {
             return Err(not_found("process already finished"));
         }
         if req.exec_id.is_empty() {
+            if c.is_asleep() {
+                if req.signal as i32 == libc::SIGKILL && sleep::kill_asleep(&self.shared, &c).await
+                {
+                    return Ok(Empty::new());
+                }
+                // Any other signal is meant for the app: wake it, then deliver.
+                sleep::wake(&self.shared, &c, "signal")
+                    .await
+                    .map_err(internal)?;
+            }
             if let Err(e) = c.runc.kill(&c.id, req.signal as i32, req.all).await {
                 if p.phase() == Phase::Stopped || e.to_string().contains("not running") {
                     return Err(not_found("process already finished"));
@@ -823,6 +985,21 @@ impl Task for Service {
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::write(&file, &res.value).map_err(internal)?;
+        if c.is_asleep() {
+            let _t = c.transition.lock().await;
+            if c.is_asleep() {
+                // Applied by the wake, right after restore.
+                let old = c
+                    .pending_update
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .replace(file);
+                if let Some(old) = old {
+                    let _ = std::fs::remove_file(old);
+                }
+                return Ok(Empty::new());
+            }
+        }
         let r = c.runc.update(&c.id, &file).await;
         let _ = std::fs::remove_file(&file);
         r.map_err(internal)?;
@@ -845,6 +1022,15 @@ impl Task for Service {
         let pid = c.init.pid();
         if pid <= 0 || c.init.phase() == Phase::Stopped {
             return Err(not_found(format!("container {} is not running", c.id)));
+        }
+        if c.is_asleep() {
+            // Asleep: no process and (almost) no memory, reported as such.
+            let metrics = containerd_shim_protos::cgroups::metrics::Metrics::new();
+            let any = convert_to_any(Box::new(metrics)).map_err(internal)?;
+            return Ok(StatsResponse {
+                stats: MessageField::some(any),
+                ..Default::default()
+            });
         }
         let metrics = get_cgroup(pid as u32)
             .and_then(|cg| collect_metrics(&cg))

@@ -1,0 +1,165 @@
+//! The listening sockets of a task, found and duplicated so the shim can hold them while
+//! the task sleeps.
+//!
+//! While the shim holds a duplicate of a listening socket, the kernel keeps completing
+//! handshakes into its accept queue even though every process of the task is gone: clients
+//! connect and wait, nobody is refused. With `SO_REUSEPORT` set on the socket before the
+//! dump, CRIU restores it with the flag and binds beside the held one, so both join one
+//! reuseport group; when the shim then closes its duplicate, `tcp_migrate_req=1` moves the
+//! queued connections to the restored socket.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::{Error, Result};
+
+/// A TCP socket in LISTEN state, as the kernel's socket table shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub inode: u64,
+    pub port: u16,
+    pub ipv6: bool,
+}
+
+const TCP_LISTEN: &str = "0A";
+
+/// Parses `/proc/<pid>/net/tcp` or `tcp6` text into its listening sockets.
+pub fn parse_tcp_table(text: &str, ipv6: bool) -> Vec<Listener> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+            if f.len() < 10 || f[3] != TCP_LISTEN {
+                return None;
+            }
+            let port = u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()?;
+            let inode = f[9].parse().ok()?;
+            (inode != 0).then_some(Listener { inode, port, ipv6 })
+        })
+        .collect()
+}
+
+/// The TCP listeners in the network namespace of `pid`, v4 and v6, limited to `ports`
+/// when that is not empty.
+pub fn listeners(pid: i32, ports: &[u16]) -> Vec<Listener> {
+    let mut out = Vec::new();
+    for (file, v6) in [("tcp", false), ("tcp6", true)] {
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) {
+            out.extend(parse_tcp_table(&text, v6));
+        }
+    }
+    if !ports.is_empty() {
+        out.retain(|l| ports.contains(&l.port));
+    }
+    out
+}
+
+/// Where each socket inode is open: (pid, fd) of the first holder found among `pids`.
+pub fn socket_holders(pids: &[i32], inodes: &[u64]) -> HashMap<u64, (i32, RawFd)> {
+    let mut found = HashMap::new();
+    for &pid in pids {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for entry in dir.flatten() {
+            let Ok(target) = std::fs::read_link(entry.path()) else {
+                continue;
+            };
+            let t = target.to_string_lossy();
+            let Some(inode) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) else {
+                continue;
+            };
+            let Ok(inode) = inode.parse::<u64>() else {
+                continue;
+            };
+            if !inodes.contains(&inode) || found.contains_key(&inode) {
+                continue;
+            }
+            if let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+                found.insert(inode, (pid, fd));
+            }
+        }
+    }
+    found
+}
+
+/// Duplicates fd `fd` of process `pid` into this process (`pidfd_getfd`, Linux >= 5.6).
+pub fn dup_from(pid: i32, fd: RawFd) -> Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return Err(Error::sys("pidfd_open", nix::errno::Errno::last()));
+    }
+    // SAFETY: pidfd is a fresh fd owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    // SAFETY: pidfd_getfd takes (pidfd, target fd, flags) and returns a new fd or -1.
+    let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if dup < 0 {
+        return Err(Error::sys("pidfd_getfd", nix::errno::Errno::last()));
+    }
+    // SAFETY: the kernel just installed this fd (close-on-exec) in our table.
+    Ok(unsafe { OwnedFd::from_raw_fd(dup as RawFd) })
+}
+
+/// Sets SO_REUSEPORT on a socket (shared by the task's fd: the flag is the socket's).
+pub fn set_reuseport(fd: &OwnedFd) -> Result<()> {
+    nix::sys::socket::setsockopt(fd, nix::sys::socket::sockopt::ReusePort, &true)
+        .map_err(|e| Error::sys("setsockopt(SO_REUSEPORT)", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:0035 00000000:0000 0A 00000000:00000000 00:00000000 00000000   101        0 17 1 0000000000000000 100 0 0 10 5
+   2: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 999 1 0000000000000000 20 4 30 10 -1
+";
+
+    #[test]
+    fn only_listeners_are_taken() {
+        let l = parse_tcp_table(TCP, false);
+        assert_eq!(
+            l,
+            vec![
+                Listener {
+                    inode: 4242,
+                    port: 8080,
+                    ipv6: false
+                },
+                Listener {
+                    inode: 17,
+                    port: 53,
+                    ipv6: false
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn garbage_lines_are_ignored() {
+        assert!(parse_tcp_table("header\nnot a table line\n\n   0: zz", true).is_empty());
+    }
+
+    #[test]
+    fn a_socket_of_our_own_is_found_and_duplicated() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let me = std::process::id() as i32;
+        let found = listeners(me, &[port]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        let holders = socket_holders(&[me], &[found[0].inode]);
+        let (pid, fd) = holders[&found[0].inode];
+        assert_eq!(pid, me);
+        let dup = dup_from(pid, fd).expect("pidfd_getfd");
+        set_reuseport(&dup).expect("reuseport");
+        let on: bool =
+            nix::sys::socket::getsockopt(&dup, nix::sys::socket::sockopt::ReusePort).expect("get");
+        assert!(on);
+        drop(l);
+        // The duplicate keeps the socket listening: a client still connects.
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    }
+}

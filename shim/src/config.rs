@@ -1,0 +1,366 @@
+//! Sleep/wake configuration: OCI annotations (`lightwhale.io/...`) over node-wide defaults
+//! from `/etc/lightwhale/config.toml`. Invalid values fail create with a message that names
+//! the annotation and the accepted form.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub const PREFIX: &str = "lightwhale.io/";
+pub const NODE_CONFIG: &str = "/etc/lightwhale/config.toml";
+const PROFILE_DIRS: &[&str] = &[
+    "/etc/lightwhale/criu-profiles",
+    "/usr/local/share/lightwhale/criu-profiles",
+];
+
+/// Idle timeout when neither the container nor the node sets one: long enough that a
+/// service between two requests of one user is not put to sleep, short enough to matter.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("annotation {key}={value:?}: {expected}")]
+    Annotation {
+        key: String,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("unknown annotation {0}: lightwhale accepts {PREFIX}{{idle-timeout,ports,criu-profile,sleep}}")]
+    Unknown(String),
+    #[error("{path}: {message}")]
+    NodeFile { path: String, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SleepConfig {
+    pub enabled: bool,
+    pub idle_timeout: Duration,
+    /// Ports whose listeners are held while asleep; empty means all LISTEN sockets.
+    pub ports: Vec<u16>,
+    pub criu_profile: String,
+    pub criu_profile_path: PathBuf,
+    /// CPU use below this (per mille of one CPU) counts as idle.
+    pub cpu_permille: u64,
+}
+
+/// The node-wide file. Every key is optional.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NodeConfig {
+    pub idle_timeout: Option<String>,
+    pub sleep: Option<bool>,
+    pub criu_profile: Option<String>,
+    /// Where checkpoint images go (default /var/lib/lightwhale).
+    pub image_dir: Option<PathBuf>,
+    pub cpu_permille: Option<u64>,
+}
+
+impl NodeConfig {
+    pub fn load() -> Result<NodeConfig, ConfigError> {
+        Self::load_from(Path::new(NODE_CONFIG))
+    }
+
+    pub fn load_from(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(NodeConfig::default()),
+            Err(e) => {
+                return Err(ConfigError::NodeFile {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })
+            }
+        };
+        toml::from_str(&text).map_err(|e| ConfigError::NodeFile {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    pub fn image_dir(&self) -> PathBuf {
+        self.image_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/lib/lightwhale"))
+    }
+}
+
+/// Parses "500ms", "2s", "1.5s", "5m", "1h". Zero and values above a week are refused.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| c.is_ascii_alphabetic())?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    if !n.is_finite() || n <= 0.0 {
+        return None;
+    }
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    (0.001..=7.0 * 24.0 * 3600.0)
+        .contains(&secs)
+        .then(|| Duration::from_secs_f64(secs))
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim() {
+        "on" | "true" | "yes" | "1" => Some(true),
+        "off" | "false" | "no" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_ports(s: &str) -> Option<Vec<u16>> {
+    let mut out = Vec::new();
+    for p in s.split(',').map(str::trim) {
+        let port: u16 = p.parse().ok()?;
+        if port == 0 {
+            return None;
+        }
+        if !out.contains(&port) {
+            out.push(port);
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+fn valid_profile_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Finds profile `name` in the profile directories.
+pub fn resolve_profile(name: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
+    if !valid_profile_name(name) {
+        return None;
+    }
+    dirs.iter()
+        .map(|d| d.join(format!("{name}.conf")))
+        .find(|p| p.is_file())
+}
+
+pub fn profile_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = PROFILE_DIRS.iter().map(PathBuf::from).collect();
+    // Next to the binary (target/release/../../criu-profiles in a checkout).
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(share) = exe
+            .parent()
+            .and_then(Path::parent)
+            .map(|p| p.join("share/lightwhale/criu-profiles"))
+        {
+            dirs.push(share);
+        }
+    }
+    dirs
+}
+
+fn bad(key: &str, value: &str, expected: &'static str) -> ConfigError {
+    ConfigError::Annotation {
+        key: key.to_string(),
+        value: value.to_string(),
+        expected,
+    }
+}
+
+/// The container's sleep configuration from its annotations over the node's defaults.
+pub fn sleep_config(
+    annotations: &[(String, String)],
+    node: &NodeConfig,
+    profile_dirs: &[PathBuf],
+) -> Result<SleepConfig, ConfigError> {
+    let mut enabled = node.sleep.unwrap_or(true);
+    let mut idle_timeout = match &node.idle_timeout {
+        Some(v) => parse_duration(v).ok_or_else(|| ConfigError::NodeFile {
+            path: NODE_CONFIG.into(),
+            message: format!(
+                "idle-timeout {v:?}: expected a duration such as 500ms, 30s, 5m or 1h"
+            ),
+        })?,
+        None => DEFAULT_IDLE_TIMEOUT,
+    };
+    let mut ports = Vec::new();
+    let mut profile = node
+        .criu_profile
+        .clone()
+        .unwrap_or_else(|| "default".to_string());
+    for (key, value) in annotations {
+        let Some(name) = key.strip_prefix(PREFIX) else {
+            continue;
+        };
+        match name {
+            "idle-timeout" => idle_timeout = parse_duration(value).ok_or_else(|| {
+                bad(
+                    key,
+                    value,
+                    "expected a duration such as 500ms, 30s, 5m or 1h (more than 0, at most 168h)",
+                )
+            })?,
+            "ports" => {
+                ports = parse_ports(value).ok_or_else(|| {
+                    bad(
+                        key,
+                        value,
+                        "expected a comma-separated list of TCP ports 1-65535, e.g. 80,8080",
+                    )
+                })?
+            }
+            "criu-profile" => {
+                if !valid_profile_name(value) {
+                    return Err(bad(
+                        key,
+                        value,
+                        "expected a profile name of letters, digits, '-' or '_'",
+                    ));
+                }
+                profile = value.clone();
+            }
+            "sleep" => {
+                enabled = parse_bool(value).ok_or_else(|| bad(key, value, "expected on or off"))?;
+            }
+            _ => return Err(ConfigError::Unknown(key.clone())),
+        }
+    }
+    let criu_profile_path = match resolve_profile(&profile, profile_dirs) {
+        Some(p) => p,
+        None if !enabled => PathBuf::new(),
+        None => {
+            return Err(bad(
+                &format!("{PREFIX}criu-profile"),
+                &profile,
+                "no such CRIU profile in /etc/lightwhale/criu-profiles or /usr/local/share/lightwhale/criu-profiles",
+            ))
+        }
+    };
+    Ok(SleepConfig {
+        enabled,
+        idle_timeout,
+        ports,
+        criu_profile: profile,
+        criu_profile_path,
+        cpu_permille: node.cpu_permille.unwrap_or(20),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(k: &str, v: &str) -> Vec<(String, String)> {
+        vec![(format!("{PREFIX}{k}"), v.to_string())]
+    }
+
+    fn dirs() -> (tempfile::TempDir, Vec<PathBuf>) {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::write(d.path().join("default.conf"), "network-lock skip\n").expect("write");
+        let v = vec![d.path().to_path_buf()];
+        (d, v)
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5m"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        for bad in [
+            "", "2", "s", "-1s", "0s", "2d", "1e400s", "NaNs", "inf s", "999h", "2 s x",
+        ] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let (_d, dirs) = dirs();
+        let c = sleep_config(&[], &NodeConfig::default(), &dirs).expect("defaults");
+        assert!(c.enabled);
+        assert_eq!(c.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        assert!(c.ports.is_empty());
+        assert!(c.criu_profile_path.ends_with("default.conf"));
+
+        let mut a = ann("idle-timeout", "2s");
+        a.extend(ann("ports", "8080, 80,8080"));
+        a.extend(ann("sleep", "off"));
+        a.push(("other.io/x".into(), "ignored".into()));
+        let c = sleep_config(&a, &NodeConfig::default(), &dirs).expect("overrides");
+        assert_eq!(c.idle_timeout, Duration::from_secs(2));
+        assert_eq!(c.ports, vec![8080, 80]);
+        assert!(!c.enabled);
+    }
+
+    #[test]
+    fn each_bad_annotation_names_itself() {
+        let (_d, dirs) = dirs();
+        for (k, v) in [
+            ("idle-timeout", "soon"),
+            ("ports", "http"),
+            ("ports", "0"),
+            ("ports", "70000"),
+            ("ports", ""),
+            ("criu-profile", "../etc/passwd"),
+            ("criu-profile", "missing"),
+            ("sleep", "maybe"),
+        ] {
+            let e = sleep_config(&ann(k, v), &NodeConfig::default(), &dirs)
+                .expect_err(k)
+                .to_string();
+            assert!(e.contains(&format!("{PREFIX}{k}")), "{k}={v}: {e}");
+            assert!(
+                e.contains("expected") || e.contains("no such"),
+                "{k}={v}: {e}"
+            );
+        }
+        let e = sleep_config(&ann("idle-timout", "2s"), &NodeConfig::default(), &dirs)
+            .expect_err("typo");
+        assert!(
+            e.to_string()
+                .contains("unknown annotation lightwhale.io/idle-timout"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn node_file() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("config.toml");
+        std::fs::write(
+            &p,
+            "idle-timeout = \"5m\"\nsleep = false\nimage-dir = \"/srv/lw\"\n",
+        )
+        .expect("write");
+        let n = NodeConfig::load_from(&p).expect("load");
+        assert_eq!(n.image_dir(), PathBuf::from("/srv/lw"));
+        assert_eq!(n.sleep, Some(false));
+        std::fs::write(&p, "idle_timeout = 3\n").expect("write");
+        assert!(NodeConfig::load_from(&p).is_err());
+        assert!(NodeConfig::load_from(&d.path().join("absent.toml")).is_ok());
+    }
+
+    /// Fuzz-style: arbitrary strings never panic the parsers.
+    #[test]
+    fn parsers_never_panic() {
+        let mut seed: u64 = 0x9e3779b97f4a7c15;
+        let alphabet: Vec<char> = "0123456789.,-+ eEsmhdnaNIf\u{0}\u{ff}é/\\"
+            .chars()
+            .collect();
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 12) as usize;
+            let s: String = (0..len)
+                .map(|i| alphabet[((seed >> (i * 5)) % alphabet.len() as u64) as usize])
+                .collect();
+            let _ = parse_duration(&s);
+            let _ = parse_ports(&s);
+            let _ = parse_bool(&s);
+            let _ = valid_profile_name(&s);
+        }
+    }
+}

@@ -1,0 +1,587 @@
+//! Sleep and wake: an idle task is checkpointed with CRIU and exits; the shim holds its
+//! listening sockets, and the first connection restores it.
+//!
+//! One transition at a time per container (`Container::transition`): sleep, wake and the
+//! RPCs that need the task awake (exec, signals, pause, checkpoint) queue on that lock.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use containerd_shim_protos::events::task::TaskCheckpointed;
+use lightwhale_engine::activity::{IdleTracker, Probe};
+use lightwhale_engine::cgroup::MemoryCgroup;
+use lightwhale_engine::runc::{CheckpointOpts, RestoreOpts};
+use lightwhale_engine::sockets;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tracing::{info, warn};
+
+use crate::process::Phase;
+use crate::service::{handle_exit, spawn_exit_watcher, Container, Shared};
+
+/// Where the CLI finds each container's status file and control socket.
+pub const CONTAINERS_DIR: &str = "/run/lightwhale/containers";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SleepPhase {
+    #[default]
+    Awake,
+    Asleep,
+}
+
+/// What `lightwhale ps` and `inspect` show; written to a file on every transition.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Status {
+    pub id: String,
+    pub namespace: String,
+    pub state: SleepPhase,
+    pub since_unix_ms: u64,
+    pub sleeps: u64,
+    pub wakes: u64,
+    pub last_sleep_ms: Option<u64>,
+    pub last_wake_ms: Option<u64>,
+    pub memory_freed_bytes: Option<u64>,
+    pub held_ports: Vec<u16>,
+    pub last_error: Option<String>,
+    pub config: Value,
+}
+
+/// Sockets held while the task sleeps.
+#[derive(Default)]
+pub struct Held {
+    pub sockets: Vec<(u16, OwnedFd)>,
+    pub wake_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Container {
+    pub fn status_path(&self) -> PathBuf {
+        Path::new(CONTAINERS_DIR)
+            .join(&self.namespace)
+            .join(format!("{}.json", self.id))
+    }
+
+    pub fn control_path(&self) -> PathBuf {
+        Path::new(CONTAINERS_DIR)
+            .join(&self.namespace)
+            .join(format!("{}.sock", self.id))
+    }
+
+    pub fn write_status(&self) {
+        let status = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let path = self.status_path();
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(
+                &tmp,
+                serde_json::to_vec_pretty(&status).map_err(std::io::Error::other)?,
+            )?;
+            std::fs::rename(&tmp, &path)
+        };
+        if let Err(e) = write() {
+            warn!(id = %self.id, "status file {}: {e}", path.display());
+        }
+    }
+
+    fn images(&self) -> PathBuf {
+        self.image_root.join("images")
+    }
+
+    fn work(&self) -> PathBuf {
+        self.image_root.join("work")
+    }
+
+    pub fn is_asleep(&self) -> bool {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).state == SleepPhase::Asleep
+    }
+
+    /// Removes the checkpoint images (they hold the task's memory, secrets included).
+    pub fn discard_images(&self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.image_root) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                warn!(id = %self.id, "remove {}: {e}", self.image_root.display());
+            }
+        }
+    }
+
+    /// The bundle runc restores from: the client's spec without the hooks that already
+    /// ran (Docker's network hook must not configure the pinned namespace twice).
+    fn restore_bundle(&self) -> std::io::Result<PathBuf> {
+        let dir = self.image_root.join("bundle");
+        let mut spec: Value =
+            serde_json::from_slice(&std::fs::read(self.bundle.join("config.json"))?)
+                .map_err(std::io::Error::other)?;
+        if let Some(hooks) = spec.get_mut("hooks").and_then(Value::as_object_mut) {
+            for h in [
+                "prestart",
+                "createRuntime",
+                "createContainer",
+                "startContainer",
+                "poststart",
+            ] {
+                hooks.remove(h);
+            }
+        }
+        if let Some(root) = spec.pointer_mut("/root/path") {
+            let p = root
+                .as_str()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("rootfs"));
+            let abs = if p.is_absolute() {
+                p
+            } else {
+                self.bundle.join(p)
+            };
+            *root = Value::String(abs.display().to_string());
+        }
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("config.json"),
+            serde_json::to_vec(&spec).map_err(std::io::Error::other)?,
+        )?;
+        Ok(dir)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SleepError {
+    #[error("not sleeping: {0}")]
+    Refused(String),
+    #[error("checkpoint failed: {message}\n--- CRIU dump.log (tail) ---\n{criu_log}")]
+    Dump { message: String, criu_log: String },
+    #[error("restore failed: {message}\n--- CRIU restore.log (tail) ---\n{criu_log}")]
+    Restore { message: String, criu_log: String },
+}
+
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+}
+
+/// Puts the task to sleep now. Refuses (without harm) when it cannot sleep.
+pub async fn sleep(shared: &Arc<Shared>, c: &Arc<Container>) -> Result<(), SleepError> {
+    let _t = c.transition.lock().await;
+    if c.is_asleep() {
+        return Ok(());
+    }
+    if c.init.phase() != Phase::Running {
+        return Err(SleepError::Refused(format!("task is {:?}", c.init.phase())));
+    }
+    if c.init.paths.terminal {
+        return Err(SleepError::Refused(
+            "tasks with a terminal do not sleep".into(),
+        ));
+    }
+    if c.running_execs() > 0 {
+        return Err(SleepError::Refused("an exec is running".into()));
+    }
+    let pid = c.init.pid();
+    let pids = c
+        .runc
+        .ps(&c.id)
+        .await
+        .map_err(|e| SleepError::Refused(e.to_string()))?;
+    let listeners = sockets::listeners(pid, &c.sleep_cfg.ports);
+    if listeners.is_empty() {
+        return Err(SleepError::Refused(
+            "no listening TCP socket to wake on".into(),
+        ));
+    }
+    let inodes: Vec<u64> = listeners.iter().map(|l| l.inode).collect();
+    let holders = sockets::socket_holders(&pids, &inodes);
+    let mut held = Vec::new();
+    for l in &listeners {
+        let Some(&(hpid, fd)) = holders.get(&l.inode) else {
+            continue;
+        };
+        let dup = sockets::dup_from(hpid, fd).map_err(|e| SleepError::Refused(e.to_string()))?;
+        sockets::set_reuseport(&dup).map_err(|e| SleepError::Refused(e.to_string()))?;
+        held.push((l.port, dup));
+    }
+    if held.is_empty() {
+        return Err(SleepError::Refused(
+            "no process of the task holds its listening sockets".into(),
+        ));
+    }
+    let usage_before = MemoryCgroup::of_pid(pid).and_then(|m| m.usage_bytes());
+
+    c.discard_images();
+    let images = c.images();
+    let work = c.work();
+    for d in [&c.image_root, &images, &work] {
+        create_private_dir(d).map_err(|e| SleepError::Refused(format!("{}: {e}", d.display())))?;
+    }
+    c.ckpt.lock().unwrap_or_else(|p| p.into_inner()).pid = pid;
+    let t0 = Instant::now();
+    let result = c
+        .runc
+        .checkpoint(
+            &c.id,
+            &CheckpointOpts {
+                image_path: images.clone(),
+                work_path: Some(work.clone()),
+                log_file: c.image_root.join("checkpoint.json"),
+                ..Default::default()
+            },
+        )
+        .await;
+    if let Err(e) = result {
+        // The dump failed: CRIU resumed the task. If it exited meanwhile, its exit was
+        // swallowed for the checkpoint: report it now.
+        let swallowed = {
+            let mut g = c.ckpt.lock().unwrap_or_else(|p| p.into_inner());
+            g.pid = 0;
+            g.swallowed.take()
+        };
+        let err = SleepError::Dump {
+            message: e.to_string(),
+            criu_log: tail(&work.join("dump.log"), 20),
+        };
+        c.record_error(&err);
+        c.discard_images();
+        if let Some(exit) = swallowed {
+            handle_exit(shared.clone(), c.clone(), c.init.clone(), exit).await;
+        }
+        return Err(err);
+    }
+    let took = t0.elapsed();
+    let ports: Vec<u16> = held.iter().map(|(p, _)| *p).collect();
+    {
+        let mut s = c.status.lock().unwrap_or_else(|p| p.into_inner());
+        s.state = SleepPhase::Asleep;
+        s.since_unix_ms = now_ms();
+        s.sleeps += 1;
+        s.last_sleep_ms = Some(took.as_millis() as u64);
+        s.memory_freed_bytes = usage_before;
+        s.held_ports = ports.clone();
+        s.last_error = None;
+    }
+    c.write_status();
+    info!(id = %c.id, ms = took.as_millis() as u64, ?ports, "asleep");
+
+    let wakers: Vec<OwnedFd> = held
+        .iter()
+        .filter_map(|(_, fd)| fd.try_clone().ok())
+        .collect();
+    let (shared2, c2) = (shared.clone(), c.clone());
+    let wake_task = tokio::spawn(async move {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        let mut watchers = Vec::new();
+        for fd in wakers {
+            let tx = tx.clone();
+            watchers.push(tokio::spawn(async move {
+                // SAFETY: the AsyncFd owns this duplicate fd outright; it stays open and
+                // registered until the AsyncFd is dropped.
+                let registered = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) };
+                match registered {
+                    Ok(a) => {
+                        // A listening socket is readable when a connection waits in its queue.
+                        let _ = a.readable().await;
+                        let _ = tx.send(()).await;
+                    }
+                    Err(e) => warn!("watch held socket: {e}"),
+                }
+            }));
+        }
+        drop(tx);
+        if rx.recv().await.is_none() {
+            return;
+        }
+        for w in watchers {
+            w.abort();
+        }
+        info!(id = %c2.id, "connection while asleep: waking");
+        if let Err(e) = wake(&shared2, &c2, "connection").await {
+            warn!(id = %c2.id, "{e}");
+        }
+    });
+    *c.held.lock().unwrap_or_else(|p| p.into_inner()) = Held {
+        sockets: held,
+        wake_task: Some(wake_task),
+    };
+    shared
+        .publish(
+            containerd_shim_protos::topics::TASK_CHECKPOINTED_EVENT_TOPIC,
+            Box::new(TaskCheckpointed {
+                container_id: c.id.clone(),
+                checkpoint: images.display().to_string(),
+                ..Default::default()
+            }),
+        )
+        .await;
+    Ok(())
+}
+
+/// Wakes the task if it sleeps; a no-op otherwise. `why` is for the log.
+pub async fn wake(shared: &Arc<Shared>, c: &Arc<Container>, why: &str) -> Result<(), SleepError> {
+    let _t = c.transition.lock().await;
+    if !c.is_asleep() || c.init.phase() == Phase::Stopped {
+        return Ok(());
+    }
+    let t0 = Instant::now();
+    let mut last = None;
+    for attempt in 1..=2 {
+        match restore_once(shared, c).await {
+            Ok(()) => {
+                last = None;
+                break;
+            }
+            Err(e) => {
+                warn!(id = %c.id, attempt, "{e}");
+                let _ = c.runc.delete(&c.id, true).await;
+                last = Some(e);
+            }
+        }
+    }
+    if let Some(err) = last {
+        // Never leave a client hanging: the task ends with a clear status, the held
+        // sockets close (queued clients are reset), and the error is kept for inspect.
+        c.record_error(&err);
+        let held = std::mem::take(&mut *c.held.lock().unwrap_or_else(|p| p.into_inner()));
+        drop(held.sockets);
+        {
+            let mut s = c.status.lock().unwrap_or_else(|p| p.into_inner());
+            s.state = SleepPhase::Awake;
+            s.held_ports.clear();
+        }
+        c.write_status();
+        let exit = lightwhale_engine::reaper::Exit {
+            pid: c.init.pid(),
+            status: 255,
+            at: SystemTime::now(),
+        };
+        handle_exit(shared.clone(), c.clone(), c.init.clone(), exit).await;
+        return Err(err);
+    }
+    let took = t0.elapsed();
+    // The restored listeners are in the reuseport group now: closing ours hands every
+    // queued connection over to them.
+    let held = std::mem::take(&mut *c.held.lock().unwrap_or_else(|p| p.into_inner()));
+    if let Some(t) = held.wake_task {
+        if why != "connection" {
+            t.abort();
+        }
+    }
+    drop(held.sockets);
+    {
+        let mut s = c.status.lock().unwrap_or_else(|p| p.into_inner());
+        s.state = SleepPhase::Awake;
+        s.since_unix_ms = now_ms();
+        s.wakes += 1;
+        s.last_wake_ms = Some(took.as_millis() as u64);
+        s.held_ports.clear();
+    }
+    c.write_status();
+    c.touch_activity();
+    info!(id = %c.id, ms = took.as_millis() as u64, why, "awake");
+    Ok(())
+}
+
+async fn restore_once(shared: &Arc<Shared>, c: &Arc<Container>) -> Result<(), SleepError> {
+    let restore_err = |message: String| SleepError::Restore {
+        message,
+        criu_log: tail(&c.work().join("restore.log"), 20),
+    };
+    let bundle = c
+        .restore_bundle()
+        .map_err(|e| restore_err(format!("restore bundle: {e}")))?;
+    let io = c
+        .init
+        .stdio()
+        .map(|s| s.process_io())
+        .transpose()
+        .map_err(|e| restore_err(e.to_string()))?
+        .unwrap_or_default();
+    let pid_file = c.image_root.join("restored.pid");
+    let since = Instant::now();
+    c.runc
+        .restore(
+            &c.id,
+            &bundle,
+            &RestoreOpts {
+                image_path: c.images(),
+                work_path: Some(c.work()),
+                pid_file: pid_file.clone(),
+                log_file: c.image_root.join("restore.json"),
+                detach: true,
+                ..Default::default()
+            },
+            io,
+        )
+        .await
+        .map_err(|e| restore_err(e.to_string()))?;
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .ok_or_else(|| restore_err("restored task left no pid file".into()))?;
+    c.init.set_pid(pid);
+    *c.memcg.lock().unwrap_or_else(|p| p.into_inner()) = MemoryCgroup::of_pid(pid);
+    spawn_exit_watcher(shared.clone(), c.clone(), c.init.clone(), pid, since);
+    let pending = c
+        .pending_update
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(resources) = pending {
+        if let Err(e) = c.runc.update(&c.id, &resources).await {
+            warn!(id = %c.id, "update deferred to wake failed: {e}");
+        }
+        let _ = std::fs::remove_file(&resources);
+    }
+    Ok(())
+}
+
+/// Ends a sleeping task at once (SIGKILL while asleep): nothing to restore, images go.
+pub async fn kill_asleep(shared: &Arc<Shared>, c: &Arc<Container>) -> bool {
+    let _t = c.transition.lock().await;
+    if !c.is_asleep() {
+        return false;
+    }
+    let held = std::mem::take(&mut *c.held.lock().unwrap_or_else(|p| p.into_inner()));
+    if let Some(t) = held.wake_task {
+        t.abort();
+    }
+    drop(held.sockets);
+    c.discard_images();
+    {
+        let mut s = c.status.lock().unwrap_or_else(|p| p.into_inner());
+        s.state = SleepPhase::Awake;
+        s.held_ports.clear();
+    }
+    let exit = lightwhale_engine::reaper::Exit {
+        pid: c.init.pid(),
+        status: 128 + libc::SIGKILL,
+        at: SystemTime::now(),
+    };
+    handle_exit(shared.clone(), c.clone(), c.init.clone(), exit).await;
+    true
+}
+
+/// Watches the task and puts it to sleep after `idle-timeout` without activity. A failed
+/// sleep backs off (doubling, up to 5 minutes) before the next try.
+pub fn spawn_monitor(shared: Arc<Shared>, c: Arc<Container>) {
+    tokio::spawn(async move {
+        let timeout = c.sleep_cfg.idle_timeout;
+        let tick = (timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let mut tracker = IdleTracker::new(timeout, c.sleep_cfg.cpu_permille, Instant::now());
+        let mut probe: Option<(i32, Probe)> = None;
+        let mut backoff = Duration::from_secs(5);
+        let mut not_before = Instant::now();
+        loop {
+            tokio::time::sleep(tick).await;
+            if c.init.phase() == Phase::Stopped
+                || c.deleted.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                return;
+            }
+            let now = Instant::now();
+            if c.take_activity() {
+                tracker.touch(now);
+            }
+            if c.is_asleep() || c.init.phase() != Phase::Running || c.running_execs() > 0 {
+                tracker.touch(now);
+                continue;
+            }
+            let pid = c.init.pid();
+            if probe.as_ref().map(|(p, _)| *p) != Some(pid) {
+                probe = Some((pid, Probe::of_pid(pid)));
+                tracker.touch(now);
+            }
+            let Some(sample) = probe.as_ref().and_then(|(_, p)| p.sample()) else {
+                continue;
+            };
+            if !tracker.observe(sample, now) || now < not_before {
+                continue;
+            }
+            match sleep(&shared, &c).await {
+                Ok(()) => backoff = Duration::from_secs(5),
+                Err(SleepError::Refused(why)) => {
+                    info!(id = %c.id, "idle, but {why}");
+                    not_before = Instant::now() + backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(300));
+                }
+                Err(e) => {
+                    warn!(id = %c.id, "sleep failed, retrying in {backoff:?}: {e}");
+                    not_before = Instant::now() + backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(300));
+                }
+            }
+            tracker.touch(Instant::now());
+        }
+    });
+}
+
+/// A unix socket per container for `lightwhale sleep|wake|inspect`: one line in
+/// (`sleep`, `wake`, `status`), one JSON line out.
+pub fn spawn_control(shared: Arc<Shared>, c: Arc<Container>) {
+    let path = c.control_path();
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = match tokio::net::UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(id = %c.id, "control socket {}: {e}", path.display());
+            return;
+        }
+    };
+    let _ = std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600));
+    let owner = c.clone();
+    let task = tokio::spawn(async move {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        while let Ok((stream, _)) = listener.accept().await {
+            let (shared, c) = (shared.clone(), owner.clone());
+            tokio::spawn(async move {
+                let (r, mut w) = stream.into_split();
+                let mut line = String::new();
+                if BufReader::new(r).read_line(&mut line).await.is_err() {
+                    return;
+                }
+                let reply = match line.trim() {
+                    "sleep" => sleep(&shared, &c).await.map_err(|e| e.to_string()),
+                    "wake" => wake(&shared, &c, "request")
+                        .await
+                        .map_err(|e| e.to_string()),
+                    "status" => Ok(()),
+                    other => Err(format!("unknown command {other:?} (sleep, wake, status)")),
+                };
+                let status = c.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let body = match reply {
+                    Ok(()) => serde_json::json!({"ok": true, "status": status}),
+                    Err(e) => serde_json::json!({"ok": false, "error": e, "status": status}),
+                };
+                let _ = w.write_all(format!("{body}\n").as_bytes()).await;
+            });
+        }
+    });
+    *c.control_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+}
