@@ -20,11 +20,12 @@ deps:
 # containerd finds shims by name on its PATH: containerd-shim-<name>-<version>.
 install: build
 	install -D -m 0755 $(RELEASE_BIN) $(DESTDIR)$(PREFIX)/bin/$(SHIM)
+	install -D -m 0755 target/release/lightwhale $(DESTDIR)$(PREFIX)/bin/lightwhale
 	install -d -m 0755 $(DESTDIR)$(PREFIX)/share/lightwhale/criu-profiles
 	install -m 0644 criu-profiles/*.conf $(DESTDIR)$(PREFIX)/share/lightwhale/criu-profiles/
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/bin/$(SHIM)
+	rm -f $(DESTDIR)$(PREFIX)/bin/$(SHIM) $(DESTDIR)$(PREFIX)/bin/lightwhale
 	rm -rf $(DESTDIR)$(PREFIX)/share/lightwhale
 
 images:

@@ -194,13 +194,15 @@ pub fn sleep_config(
             continue;
         };
         match name {
-            "idle-timeout" => idle_timeout = parse_duration(value).ok_or_else(|| {
-                bad(
+            "idle-timeout" => {
+                idle_timeout = parse_duration(value).ok_or_else(|| {
+                    bad(
                     key,
                     value,
                     "expected a duration such as 500ms, 30s, 5m or 1h (more than 0, at most 168h)",
                 )
-            })?,
+                })?
+            }
             "ports" => {
                 ports = parse_ports(value).ok_or_else(|| {
                     bad(
