@@ -38,7 +38,7 @@ ver_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -1)" = "$2" ]; }
 
 # --- base packages -------------------------------------------------------------------
 need_pkgs ca-certificates curl jq iproute2 iptables runc busybox-static xz-utils procps bsdutils \
-  python3 dpkg-dev
+  python3 python3.11 dpkg-dev
 
 # --- CRIU ----------------------------------------------------------------------------
 criu_ok() {
@@ -149,17 +149,22 @@ containerd_changed=0
 ct=/etc/containerd/config.toml
 mkdir -p /etc/containerd
 [ -s "$ct" ] || { containerd config default > "$ct"; containerd_changed=1; }
-if ! grep -q 'runtimes\.lightwhale\]' "$ct"; then
-  backup_once "$ct"
-  if grep -qE '^version *= *3' "$ct"; then
-    cri='plugins."io.containerd.cri.v1.runtime".containerd.runtimes.lightwhale'
-  else
-    cri='plugins."io.containerd.grpc.v1.cri".containerd.runtimes.lightwhale'
-  fi
-  printf '\n# lightwhale: CRI runtime handler "lightwhale" (RuntimeClass handler)\n[%s]\n  runtime_type = "io.containerd.lightwhale.v2"\n' "$cri" >> "$ct"
-  containerd_changed=1
-  log "registered CRI runtime lightwhale in $ct"
+if grep -qE '^version *= *3' "$ct"; then
+  cri='plugins."io.containerd.cri.v1.runtime".containerd.runtimes'
+else
+  cri='plugins."io.containerd.grpc.v1.cri".containerd.runtimes'
 fi
+# CRI needs its default runtime ("runc") declared once any runtime table exists, or the
+# whole CRI plugin fails to load: declare it too when the file does not.
+for entry in "runc io.containerd.runc.v2" "lightwhale io.containerd.lightwhale.v2"; do
+  set -- $entry
+  if ! grep -q "runtimes\.$1\]" "$ct"; then
+    [ $containerd_changed = 1 ] || backup_once "$ct"
+    printf '\n# added by lightwhale: CRI runtime handler "%s"\n[%s.%s]\n  runtime_type = "%s"\n' "$1" "$cri" "$1" "$2" >> "$ct"
+    containerd_changed=1
+    log "registered CRI runtime $1 in $ct"
+  fi
+done
 
 # --- start the daemons ---------------------------------------------------------------
 wait_for() { # what, seconds, command...
@@ -184,6 +189,9 @@ else
   setsid containerd >>/var/log/containerd.log 2>&1 < /dev/null &
 fi
 wait_for containerd 30 ctr version
+if ctr plugins ls 2>/dev/null | grep -E 'io.containerd.grpc.v1 +cri ' | grep -q error; then
+  die "containerd's CRI plugin failed to load: see /var/log/containerd.log"
+fi
 
 if [ $systemd = 1 ]; then
   systemctl enable --now docker >/dev/null 2>&1 || true

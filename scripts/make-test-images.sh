@@ -6,7 +6,7 @@
 set -euo pipefail
 DOCKER=${DOCKER:-/usr/bin/docker}
 IMAGE=lightwhale-test/busybox:latest
-recipe=v1
+recipe=v2
 stamp="busybox $(dpkg-query -W -f '${Version}' busybox-static) recipe $recipe"
 
 have=$($DOCKER image inspect -f '{{.Comment}}' "$IMAGE" 2>/dev/null || true)
@@ -26,6 +26,39 @@ if [ "$have" != "$stamp" ]; then
   tar -C "$root" --numeric-owner -cf - . \
     | $DOCKER import -m "$stamp" --change 'CMD ["/bin/sh"]' - "$IMAGE" >/dev/null
   echo "[images] built $IMAGE ($stamp)"
+fi
+
+# lightwhale-test/python: Debian's python3.11 and its stdlib (no registry to pull from),
+# for services with real in-memory state. Built from the host's own files.
+PY_IMAGE=lightwhale-test/python:latest
+py_stamp="python $(dpkg-query -W -f '${Version}' python3.11-minimal 2>/dev/null) recipe $recipe"
+if [ "$($DOCKER image inspect -f '{{.Comment}}' "$PY_IMAGE" 2>/dev/null || true)" != "$py_stamp" ]; then
+  [ -x /usr/bin/python3.11 ] || { echo "[images] /usr/bin/python3.11 missing (package python3.11)" >&2; exit 1; }
+  proot=$(mktemp -d)
+  mkdir -p "$proot"/{bin,usr/bin,usr/lib,tmp,etc,proc,sys,dev}
+  chmod 1777 "$proot/tmp"
+  cp /bin/busybox "$proot/bin/busybox"
+  for a in sh cat echo sleep wget; do ln -sf busybox "$proot/bin/$a"; done
+  cp /usr/bin/python3.11 "$proot/usr/bin/python3.11"
+  ln -sf python3.11 "$proot/usr/bin/python3"
+  for lib in $(ldd /usr/bin/python3.11 | awk '/=>/ {print $3} /ld-linux/ {print $1}'); do
+    mkdir -p "$proot$(dirname "$lib")"
+    cp -L "$lib" "$proot$lib"
+  done
+  tar -C / --exclude='__pycache__' --exclude='python3.11/test' --exclude='python3.11/idlelib' \
+    --exclude='python3.11/tkinter' --exclude='python3.11/ensurepip' --exclude='python3.11/lib2to3' \
+    -cf - usr/lib/python3.11 | tar -C "$proot" -xf -
+  # Extension modules (lib-dynload) need their own shared libraries too.
+  for so in "$proot"/usr/lib/python3.11/lib-dynload/*.so; do
+    for lib in $(ldd "$so" 2>/dev/null | awk '/=>/ {print $3}'); do
+      [ -e "$proot$lib" ] || { mkdir -p "$proot$(dirname "$lib")"; cp -L "$lib" "$proot$lib"; }
+    done
+  done
+  printf 'root:x:0:0:root:/:/bin/sh\n' > "$proot/etc/passwd"
+  tar -C "$proot" --numeric-owner -cf - . \
+    | $DOCKER import -m "$py_stamp" --change 'CMD ["/usr/bin/python3"]' - "$PY_IMAGE" >/dev/null
+  rm -rf "$proot"
+  echo "[images] built $PY_IMAGE ($py_stamp)"
 fi
 
 # ctr sees containerd's "default" namespace; Docker keeps its images elsewhere.

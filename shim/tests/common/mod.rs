@@ -201,3 +201,68 @@ pub fn shim_pids() -> Vec<i32> {
         .filter_map(|l| l.trim().parse().ok())
         .collect()
 }
+
+pub const PY_IMAGE: &str = "lightwhale-test/python:latest";
+
+/// The status file the shim keeps for a lightwhale container.
+pub fn lw_status(ns: &str, id: &str) -> serde_json::Value {
+    let path = format!("/run/lightwhale/containers/{ns}/{id}.json");
+    std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+pub fn wait_state(ns: &str, id: &str, state: &str, timeout: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = lw_status(ns, id);
+        if s["state"] == state {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} did not become {state} within {timeout:?}: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Processes whose cgroup path names the container: none means the task really is gone.
+pub fn processes_of(id: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .map(|c| c.contains(id))
+            .unwrap_or(false)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// GET / and its body; None on any failure (refused, reset, timeout).
+pub fn try_get(port: u16, timeout: Duration) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    (body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"))
+        .then(|| body.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+pub fn counter_script() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/counter.py"
+    ))
+    .expect("examples/counter.py")
+}

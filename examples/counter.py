@@ -1,0 +1,44 @@
+"""A tiny stateful web service: each GET returns the next value of an in-memory counter.
+
+Used by lightwhale's tests and benchmarks to prove that a container woken from sleep
+kept its memory: the counter never resets. MEMORY_MIB allocates and touches that much
+memory (the state a real service would hold); PORT sets the port (default 8080).
+"""
+
+import http.server
+import os
+import socketserver
+
+MEMORY_MIB = int(os.environ.get("MEMORY_MIB", "0"))
+PORT = int(os.environ.get("PORT", "8080"))
+
+# Touch every page so the memory is really resident, as a warm cache would be.
+ballast = bytearray(MEMORY_MIB * 1024 * 1024)
+for i in range(0, len(ballast), 4096):
+    ballast[i] = 1
+
+count = 0
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        global count
+        count += 1
+        body = f"{count}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+
+print(f"counter listening on {PORT} with {MEMORY_MIB} MiB", flush=True)
+Server(("", PORT), Handler).serve_forever()
