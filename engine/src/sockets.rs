@@ -22,15 +22,91 @@ pub struct Listener {
 }
 
 const TCP_LISTEN: &str = "0A";
+const TCP_ESTABLISHED: &str = "01";
 
 /// Parses `/proc/<pid>/net/tcp` or `tcp6` text into its listening sockets.
 pub fn parse_tcp_table(text: &str, ipv6: bool) -> Vec<Listener> {
+    parse_state(text, ipv6, TCP_LISTEN)
+}
+
+/// The established connections (inodes) in the network namespace of `pid`.
+pub fn established(pid: i32) -> Vec<u64> {
+    let mut out = Vec::new();
+    for (file, v6) in [("tcp", false), ("tcp6", true)] {
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) {
+            out.extend(
+                parse_state(&text, v6, TCP_ESTABLISHED)
+                    .into_iter()
+                    .map(|l| l.inode),
+            );
+        }
+    }
+    out
+}
+
+/// Puts a held connection into repair mode, so closing it sends neither FIN nor RST:
+/// the restored copy of the connection takes over with the same sequence numbers.
+pub fn set_repair(fd: &OwnedFd) -> Result<()> {
+    const TCP_REPAIR: libc::c_int = 19;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads `on` (a c_int that outlives the call) on an fd we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            TCP_REPAIR,
+            &on as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(Error::sys(
+            "setsockopt(TCP_REPAIR)",
+            nix::errno::Errno::last(),
+        ));
+    }
+    Ok(())
+}
+
+const RECENT_MS: u32 = 1000;
+
+/// True when the connection's last inbound data is newer than its last outbound data:
+/// a request the app has read (or not yet) and not answered. Sleeping then would leave
+/// the client waiting for an answer from a task nobody is going to wake.
+pub fn awaiting_reply(fd: &OwnedFd) -> Result<bool> {
+    // SAFETY: tcp_info is plain old data; all-zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which lives across the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut info as *mut libc::tcp_info as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(Error::sys(
+            "getsockopt(TCP_INFO)",
+            nix::errno::Errno::last(),
+        ));
+    }
+    // Both count milliseconds since the event; a connection that never carried data in
+    // one direction reports its age there. A connection younger than a second, or with
+    // data in the last second, is in the middle of something: its request may still be
+    // on the way.
+    Ok(info.tcpi_last_data_recv < info.tcpi_last_data_sent || info.tcpi_last_data_recv < RECENT_MS)
+}
+
+fn parse_state(text: &str, ipv6: bool, state: &str) -> Vec<Listener> {
     text.lines()
         .skip(1)
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
             // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
-            if f.len() < 10 || f[3] != TCP_LISTEN {
+            if f.len() < 10 || f[3] != state {
                 return None;
             }
             let port = u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()?;
@@ -161,5 +237,38 @@ mod tests {
         drop(l);
         // The duplicate keeps the socket listening: a client still connects.
         assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    }
+
+    #[test]
+    fn a_request_without_a_reply_is_seen_in_flight() {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client =
+            std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (mut server, _) = l.accept().expect("accept");
+        let fd = OwnedFd::from(server.try_clone().expect("clone"));
+        assert!(
+            awaiting_reply(&fd).expect("tcp_info"),
+            "a fresh connection's request may be on the way"
+        );
+        client.write_all(b"GET /").expect("write");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(
+            awaiting_reply(&fd).expect("tcp_info"),
+            "request received, not answered"
+        );
+        let mut buf = [0u8; 5];
+        server.read_exact(&mut buf).expect("read");
+        assert!(
+            awaiting_reply(&fd).expect("tcp_info"),
+            "read but not answered is still in flight"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        server.write_all(b"200").expect("reply");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert!(
+            !awaiting_reply(&fd).expect("tcp_info"),
+            "answered and quiet: idle keep-alive"
+        );
     }
 }

@@ -55,6 +55,9 @@ pub struct Status {
 #[derive(Default)]
 pub struct Held {
     pub sockets: Vec<(u16, OwnedFd)>,
+    /// Established connections of the task, held so that the dump's end (the task is
+    /// killed) closes nothing: no RST reaches a client whose request was in flight.
+    pub conns: Vec<OwnedFd>,
     pub wake_task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -204,41 +207,29 @@ pub async fn sleep(shared: &Arc<Shared>, c: &Arc<Container>) -> Result<(), Sleep
         return Err(SleepError::Refused("an exec is running".into()));
     }
     let pid = c.init.pid();
-    let pids = c
-        .runc
-        .ps(&c.id)
+    // Frozen first: no connection can be accepted between listing the sockets and the
+    // dump, so every accepted connection is among the ones held below.
+    c.runc
+        .pause(&c.id)
         .await
         .map_err(|e| SleepError::Refused(e.to_string()))?;
-    let listeners = sockets::listeners(pid, &c.sleep_cfg.ports);
-    if listeners.is_empty() {
-        return Err(SleepError::Refused(
-            "no listening TCP socket to wake on".into(),
-        ));
-    }
-    let inodes: Vec<u64> = listeners.iter().map(|l| l.inode).collect();
-    let holders = sockets::socket_holders(&pids, &inodes);
-    let mut held = Vec::new();
-    for l in &listeners {
-        let Some(&(hpid, fd)) = holders.get(&l.inode) else {
-            continue;
-        };
-        let dup = sockets::dup_from(hpid, fd).map_err(|e| SleepError::Refused(e.to_string()))?;
-        sockets::set_reuseport(&dup).map_err(|e| SleepError::Refused(e.to_string()))?;
-        held.push((l.port, dup));
-    }
-    if held.is_empty() {
-        return Err(SleepError::Refused(
-            "no process of the task holds its listening sockets".into(),
-        ));
-    }
+    let prepared = match take_sockets(c, pid).await {
+        Ok(v) => prepare_dirs(c).map(|()| v),
+        Err(e) => Err(e),
+    };
+    let (held, conns) = match prepared {
+        Ok(v) => v,
+        Err(e) => {
+            if let Err(r) = c.runc.resume(&c.id).await {
+                warn!(id = %c.id, "resume after a refused sleep: {r}");
+            }
+            return Err(e);
+        }
+    };
     let usage_before = MemoryCgroup::of_pid(pid).and_then(|m| m.usage_bytes());
 
-    c.discard_images();
     let images = c.images();
     let work = c.work();
-    for d in [&c.image_root, &images, &work] {
-        create_private_dir(d).map_err(|e| SleepError::Refused(format!("{}: {e}", d.display())))?;
-    }
     c.ckpt.lock().unwrap_or_else(|p| p.into_inner()).pid = pid;
     let t0 = Instant::now();
     let result = c
@@ -254,7 +245,12 @@ pub async fn sleep(shared: &Arc<Shared>, c: &Arc<Container>) -> Result<(), Sleep
         )
         .await;
     if let Err(e) = result {
-        // The dump failed: CRIU resumed the task. If it exited meanwhile, its exit was
+        // The dump failed: CRIU left the task as it found it, frozen; thaw it.
+        if let Err(r) = c.runc.resume(&c.id).await {
+            warn!(id = %c.id, "resume after a failed dump: {r}");
+        }
+        drop(conns);
+        // If it exited meanwhile, its exit was
         // swallowed for the checkpoint: report it now.
         let swallowed = {
             let mut g = c.ckpt.lock().unwrap_or_else(|p| p.into_inner());
@@ -287,9 +283,12 @@ pub async fn sleep(shared: &Arc<Shared>, c: &Arc<Container>) -> Result<(), Sleep
     c.write_status();
     info!(id = %c.id, ms = took.as_millis() as u64, ?ports, "asleep");
 
+    // A new connection on a held listener, or data on a held idle connection, wakes it.
     let wakers: Vec<OwnedFd> = held
         .iter()
-        .filter_map(|(_, fd)| fd.try_clone().ok())
+        .map(|(_, fd)| fd)
+        .chain(conns.iter())
+        .filter_map(|fd| fd.try_clone().ok())
         .collect();
     let (shared2, c2) = (shared.clone(), c.clone());
     let wake_task = tokio::spawn(async move {
@@ -325,6 +324,7 @@ pub async fn sleep(shared: &Arc<Shared>, c: &Arc<Container>) -> Result<(), Sleep
     });
     *c.held.lock().unwrap_or_else(|p| p.into_inner()) = Held {
         sockets: held,
+        conns,
         wake_task: Some(wake_task),
     };
     shared
@@ -405,6 +405,70 @@ pub async fn wake(shared: &Arc<Shared>, c: &Arc<Container>, why: &str) -> Result
     Ok(())
 }
 
+/// Fresh, root-only directories for the images (they hold the task's memory).
+fn prepare_dirs(c: &Container) -> Result<(), SleepError> {
+    c.discard_images();
+    for d in [&c.image_root, &c.images(), &c.work()] {
+        create_private_dir(d).map_err(|e| SleepError::Refused(format!("{}: {e}", d.display())))?;
+    }
+    Ok(())
+}
+
+/// Listeners (with SO_REUSEPORT set) and established connections of a frozen task.
+async fn take_sockets(
+    c: &Container,
+    pid: i32,
+) -> Result<(Vec<(u16, OwnedFd)>, Vec<OwnedFd>), SleepError> {
+    let refused = |e: lightwhale_engine::Error| SleepError::Refused(e.to_string());
+    let pids = c.runc.ps(&c.id).await.map_err(refused)?;
+    let listeners = sockets::listeners(pid, &c.sleep_cfg.ports);
+    if listeners.is_empty() {
+        return Err(SleepError::Refused(
+            "no listening TCP socket to wake on".into(),
+        ));
+    }
+    let mut inodes: Vec<u64> = listeners.iter().map(|l| l.inode).collect();
+    let established = sockets::established(pid);
+    inodes.extend(&established);
+    let holders = sockets::socket_holders(&pids, &inodes);
+    let mut held = Vec::new();
+    for l in &listeners {
+        let Some(&(hpid, fd)) = holders.get(&l.inode) else {
+            continue;
+        };
+        let dup = sockets::dup_from(hpid, fd).map_err(refused)?;
+        sockets::set_reuseport(&dup).map_err(refused)?;
+        held.push((l.port, dup));
+    }
+    if held.is_empty() {
+        return Err(SleepError::Refused(
+            "no process of the task holds its listening sockets".into(),
+        ));
+    }
+    let mut conns = Vec::new();
+    for inode in &established {
+        if let Some(&(hpid, fd)) = holders.get(inode) {
+            let conn = sockets::dup_from(hpid, fd).map_err(refused)?;
+            if sockets::awaiting_reply(&conn).unwrap_or(false) {
+                return Err(SleepError::Refused("a request is in flight".into()));
+            }
+            conns.push(conn);
+        }
+    }
+    Ok((held, conns))
+}
+
+/// Lets go of the held connections without a FIN or RST, right before CRIU restores
+/// them (their 4-tuples must be free again).
+fn release_conns(c: &Container) {
+    let conns = std::mem::take(&mut c.held.lock().unwrap_or_else(|p| p.into_inner()).conns);
+    for fd in conns {
+        if let Err(e) = sockets::set_repair(&fd) {
+            warn!(id = %c.id, "{e}");
+        }
+    }
+}
+
 async fn restore_once(shared: &Arc<Shared>, c: &Arc<Container>) -> Result<(), SleepError> {
     let restore_err = |message: String| SleepError::Restore {
         message,
@@ -421,6 +485,7 @@ async fn restore_once(shared: &Arc<Shared>, c: &Arc<Container>) -> Result<(), Sl
         .map_err(|e| restore_err(e.to_string()))?
         .unwrap_or_default();
     let pid_file = c.image_root.join("restored.pid");
+    release_conns(c);
     let since = Instant::now();
     c.runc
         .restore(
