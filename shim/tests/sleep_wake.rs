@@ -590,3 +590,51 @@ fn ctr_task_sleeps_and_a_connection_from_its_namespace_wakes_it() {
     assert!(out.stdout.contains("hello from lightwhale"), "{out:?}");
     assert_eq!(lw_status("default", &id)["state"], "awake");
 }
+
+#[test]
+fn an_idle_established_connection_sleeps_and_works_after_wake() {
+    if !stack_or_skip("idle established connection") {
+        return;
+    }
+    use std::io::{BufRead, BufReader, Write};
+    let name = unique("keepalive");
+    let _c = Cleanup(vec![name.clone()]);
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:8080");
+    // A line echo server whose per-connection counter lives in the handler's memory.
+    let server = "import socketserver\n\
+class H(socketserver.StreamRequestHandler):\n    def handle(self):\n        n = 0\n        for line in self.rfile:\n            n += 1\n            self.wfile.write(b'echo %d:' % n + line)\n            self.wfile.flush()\n\
+class S(socketserver.ThreadingMixIn, socketserver.TCPServer):\n    allow_reuse_address = True\n    daemon_threads = True\n\
+S(('', 8080), H).serve_forever()\n";
+    let id = run_lw(
+        &name,
+        "2s",
+        Some(&publish),
+        &[],
+        &[PY_IMAGE, "python3", "-c", server],
+    );
+    let mut conn = None;
+    for _ in 0..100 {
+        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            s.set_read_timeout(Some(Duration::from_secs(30)))
+                .expect("timeout");
+            let mut w = s.try_clone().expect("clone");
+            let mut r = BufReader::new(s);
+            let mut line = String::new();
+            if w.write_all(b"a\n").is_ok() && r.read_line(&mut line).is_ok() && line == "echo 1:a\n"
+            {
+                conn = Some((w, r));
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (mut w, mut r) = conn.expect("first exchange");
+    wait_state(NS, &id, "asleep", Duration::from_secs(30));
+    assert!(processes_of(&id).is_empty());
+    w.write_all(b"b\n").expect("write while asleep");
+    let mut line = String::new();
+    r.read_line(&mut line).expect("answer after wake");
+    assert_eq!(line, "echo 2:b\n", "same connection, same handler state");
+    assert_eq!(lw_status(NS, &id)["state"], "awake");
+}
