@@ -43,6 +43,8 @@ pub struct CreateOpts {
 
 #[derive(Debug, Clone, Default)]
 pub struct ExecOpts {
+    /// Wait for the process and return its exit status instead of detaching.
+    pub wait: bool,
     pub process_json: PathBuf,
     pub pid_file: PathBuf,
     pub log_file: PathBuf,
@@ -250,7 +252,10 @@ impl Runc {
             .arg(&opts.log_file)
             .arg("--log-format")
             .arg("json");
-        cmd.arg("exec").arg("--detach");
+        cmd.arg("exec");
+        if !opts.wait {
+            cmd.arg("--detach");
+        }
         cmd.arg("--process").arg(&opts.process_json);
         cmd.arg("--pid-file").arg(&opts.pid_file);
         if let Some(s) = &opts.console_socket {

@@ -26,7 +26,7 @@ pub enum ConfigError {
         value: String,
         expected: &'static str,
     },
-    #[error("unknown annotation {0}: lightwhale accepts {PREFIX}{{idle-timeout,ports,criu-profile,sleep}}")]
+    #[error("unknown annotation {0}: lightwhale accepts {PREFIX}{{idle-timeout,ports,criu-profile,sleep,pre-sleep-exec,post-wake-exec,hook-timeout}}")]
     Unknown(String),
     #[error("{path}: {message}")]
     NodeFile { path: String, message: String },
@@ -42,6 +42,11 @@ pub struct SleepConfig {
     pub criu_profile_path: PathBuf,
     /// CPU use below this (per mille of one CPU) counts as idle.
     pub cpu_permille: u64,
+    /// Run in the container before it sleeps; failing cancels that sleep.
+    pub pre_sleep_exec: Option<Vec<String>>,
+    /// Run in the container after it wakes (in the background: never on the wake path).
+    pub post_wake_exec: Option<Vec<String>>,
+    pub hook_timeout: Duration,
 }
 
 /// The node-wide file. Every key is optional.
@@ -128,6 +133,19 @@ fn parse_ports(s: &str) -> Option<Vec<u16>> {
     (!out.is_empty()).then_some(out)
 }
 
+/// A hook command: a JSON array of arguments, or a shell command line run by /bin/sh.
+fn parse_command(s: &str) -> Option<Vec<String>> {
+    let t = s.trim();
+    if t.is_empty() {
+        return None;
+    }
+    if t.starts_with('[') {
+        let v: Vec<String> = serde_json::from_str(t).ok()?;
+        return (!v.is_empty() && !v[0].is_empty()).then_some(v);
+    }
+    Some(vec!["/bin/sh".into(), "-c".into(), t.to_string()])
+}
+
 fn valid_profile_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -189,6 +207,9 @@ pub fn sleep_config(
         .criu_profile
         .clone()
         .unwrap_or_else(|| "default".to_string());
+    let mut pre_sleep_exec = None;
+    let mut post_wake_exec = None;
+    let mut hook_timeout = Duration::from_secs(10);
     for (key, value) in annotations {
         let Some(name) = key.strip_prefix(PREFIX) else {
             continue;
@@ -225,6 +246,21 @@ pub fn sleep_config(
             "sleep" => {
                 enabled = parse_bool(value).ok_or_else(|| bad(key, value, "expected on or off"))?;
             }
+            "pre-sleep-exec" => {
+                pre_sleep_exec = Some(parse_command(value).ok_or_else(|| {
+                    bad(key, value, "expected a shell command, or a JSON array of arguments such as [\"/bin/sync\"]")
+                })?)
+            }
+            "post-wake-exec" => {
+                post_wake_exec = Some(parse_command(value).ok_or_else(|| {
+                    bad(key, value, "expected a shell command, or a JSON array of arguments such as [\"/bin/sync\"]")
+                })?)
+            }
+            "hook-timeout" => {
+                hook_timeout = parse_duration(value)
+                    .filter(|d| *d <= Duration::from_secs(600))
+                    .ok_or_else(|| bad(key, value, "expected a duration up to 10m, such as 5s"))?
+            }
             _ => return Err(ConfigError::Unknown(key.clone())),
         }
     }
@@ -246,6 +282,9 @@ pub fn sleep_config(
         criu_profile: profile,
         criu_profile_path,
         cpu_permille: node.cpu_permille.unwrap_or(20),
+        pre_sleep_exec,
+        post_wake_exec,
+        hook_timeout,
     })
 }
 
@@ -293,6 +332,23 @@ mod tests {
         let c = sleep_config(&a, &NodeConfig::default(), &dirs).expect("overrides");
         assert_eq!(c.idle_timeout, Duration::from_secs(2));
         assert_eq!(c.ports, vec![8080, 80]);
+        let h = sleep_config(
+            &ann("pre-sleep-exec", "sync; echo bye"),
+            &NodeConfig::default(),
+            &dirs,
+        )
+        .expect("hook");
+        assert_eq!(
+            h.pre_sleep_exec,
+            Some(vec!["/bin/sh".into(), "-c".into(), "sync; echo bye".into()])
+        );
+        let h = sleep_config(
+            &ann("post-wake-exec", "[\"/bin/true\", \"x\"]"),
+            &NodeConfig::default(),
+            &dirs,
+        )
+        .expect("hook");
+        assert_eq!(h.post_wake_exec, Some(vec!["/bin/true".into(), "x".into()]));
         assert!(!c.enabled);
     }
 
@@ -308,6 +364,10 @@ mod tests {
             ("criu-profile", "../etc/passwd"),
             ("criu-profile", "missing"),
             ("sleep", "maybe"),
+            ("pre-sleep-exec", "  "),
+            ("post-wake-exec", "[\"\"]"),
+            ("post-wake-exec", "[1, 2]"),
+            ("hook-timeout", "1h"),
         ] {
             let e = sleep_config(&ann(k, v), &NodeConfig::default(), &dirs)
                 .expect_err(k)
@@ -363,6 +423,7 @@ mod tests {
             let _ = parse_ports(&s);
             let _ = parse_bool(&s);
             let _ = valid_profile_name(&s);
+            let _ = parse_command(&s);
         }
     }
 }

@@ -580,6 +580,7 @@ impl Task for Service {
         let since = Instant::now();
         let result = with_stdio(&p, |io, console_socket| {
             let eopts = ExecOpts {
+                wait: false,
                 process_json: process_json.clone(),
                 pid_file: pid_file.clone(),
                 log_file: c.bundle.join(format!(".lightwhale-exec-{exec_id}.log")),

@@ -176,6 +176,8 @@ pub enum SleepError {
     Refused(String),
     #[error("checkpoint failed: {message}\n--- CRIU dump.log (tail) ---\n{criu_log}")]
     Dump { message: String, criu_log: String },
+    #[error("{0}")]
+    Hook(String),
     #[error("restore failed: {message}\n--- CRIU restore.log (tail) ---\n{criu_log}")]
     Restore { message: String, criu_log: String },
 }
@@ -205,6 +207,13 @@ pub async fn sleep(shared: &Arc<Shared>, c: &Arc<Container>) -> Result<(), Sleep
     }
     if c.running_execs() > 0 {
         return Err(SleepError::Refused("an exec is running".into()));
+    }
+    if let Some(cmd) = &c.sleep_cfg.pre_sleep_exec {
+        if let Err(e) = run_hook(c, "pre-sleep", cmd).await {
+            let err = SleepError::Hook(format!("pre-sleep-exec failed, sleep cancelled: {e}"));
+            c.record_error(&err);
+            return Err(err);
+        }
     }
     let pid = c.init.pid();
     // Frozen first: no connection can be accepted between listing the sockets and the
@@ -402,7 +411,91 @@ pub async fn wake(shared: &Arc<Shared>, c: &Arc<Container>, why: &str) -> Result
     c.write_status();
     c.touch_activity();
     info!(id = %c.id, ms = took.as_millis() as u64, why, "awake");
+    if let Some(cmd) = c.sleep_cfg.post_wake_exec.clone() {
+        // Off the wake path: the client's first byte never waits for the hook.
+        let c = c.clone();
+        tokio::spawn(async move {
+            if let Err(e) = run_hook(&c, "post-wake", &cmd).await {
+                warn!(id = %c.id, "post-wake-exec failed: {e}");
+                c.record_error(&format!("post-wake-exec failed: {e}"));
+            }
+        });
+    }
     Ok(())
+}
+
+/// Runs a lifecycle hook in the container (the init process's user, env and cwd),
+/// waits for it within the configured timeout, and returns its output on failure.
+async fn run_hook(c: &Container, name: &str, args: &[String]) -> Result<(), String> {
+    let spec: Value = std::fs::read(c.bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or("cannot read the container's spec")?;
+    let mut process = spec.get("process").cloned().unwrap_or(Value::Null);
+    let Some(obj) = process.as_object_mut() else {
+        return Err("the container's spec has no process".into());
+    };
+    obj.insert("args".into(), serde_json::json!(args));
+    obj.insert("terminal".into(), Value::Bool(false));
+    let process_json = c.bundle.join(format!(".lightwhale-hook-{name}.json"));
+    let pid_file = c.bundle.join(format!(".lightwhale-hook-{name}.pid"));
+    std::fs::write(&process_json, process.to_string()).map_err(|e| e.to_string())?;
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
+    let w2 = w.try_clone().map_err(|e| e.to_string())?;
+    let io = lightwhale_engine::runc::ProcessIo {
+        stdin: None,
+        stdout: Some(w),
+        stderr: Some(w2),
+    };
+    let opts = lightwhale_engine::runc::ExecOpts {
+        wait: true,
+        process_json: process_json.clone(),
+        pid_file: pid_file.clone(),
+        log_file: c.bundle.join(format!(".lightwhale-hook-{name}.log")),
+        console_socket: None,
+    };
+    let output = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = Vec::new();
+        if let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(r) {
+            let _ = rx.take(64 * 1024).read_to_end(&mut buf).await;
+        }
+        buf
+    });
+    let result =
+        tokio::time::timeout(c.sleep_cfg.hook_timeout, c.runc.exec(&c.id, &opts, io)).await;
+    let outcome = match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => {
+            if let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            Err(format!("timed out after {:?}", c.sleep_cfg.hook_timeout))
+        }
+    };
+    for f in [&process_json, &pid_file] {
+        let _ = std::fs::remove_file(f);
+    }
+    let _ = std::fs::remove_file(c.bundle.join(format!(".lightwhale-hook-{name}.log")));
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let out = tokio::time::timeout(Duration::from_secs(1), output)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            let out = String::from_utf8_lossy(&out);
+            Err(format!("{e}; output: {:?}", out.trim()))
+        }
+    }
 }
 
 /// Fresh, root-only directories for the images (they hold the task's memory).

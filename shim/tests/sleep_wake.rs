@@ -638,3 +638,60 @@ S(('', 8080), H).serve_forever()\n";
     assert_eq!(line, "echo 2:b\n", "same connection, same handler state");
     assert_eq!(lw_status(NS, &id)["state"], "awake");
 }
+
+#[test]
+fn lifecycle_hooks_run_around_sleep_and_a_failing_one_cancels_it() {
+    if !stack_or_skip("lifecycle hooks") {
+        return;
+    }
+    let name = unique("hooks");
+    let _c = Cleanup(vec![name.clone()]);
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:8080");
+    let id = run_lw(
+        &name,
+        "2s",
+        Some(&publish),
+        &[
+            "--annotation",
+            "lightwhale.io/pre-sleep-exec=echo before-sleep >> /tmp/hooks.log",
+            "--annotation",
+            "lightwhale.io/post-wake-exec=[\"/bin/sh\", \"-c\", \"echo after-wake >> /tmp/hooks.log\"]",
+        ],
+        &[IMAGE, "httpd", "-f", "-p", "8080", "-h", "/www"],
+    );
+    wait_state(NS, &id, "asleep", Duration::from_secs(30));
+    assert!(
+        try_get(port, Duration::from_secs(20)).is_some(),
+        "woken and served"
+    );
+    wait_until("post-wake hook ran", Duration::from_secs(10), || {
+        docker(&["exec", &name, "cat", "/tmp/hooks.log"]).stdout == "before-sleep\nafter-wake\n"
+    });
+
+    let name = unique("hookfail");
+    let _c2 = Cleanup(vec![name.clone()]);
+    let id = run_lw(
+        &name,
+        "1s",
+        None,
+        &[
+            "--annotation",
+            "lightwhale.io/pre-sleep-exec=echo not now; exit 3",
+        ],
+        &[IMAGE, "httpd", "-f", "-p", "8080", "-h", "/www"],
+    );
+    wait_until(
+        "a cancelled sleep recorded",
+        Duration::from_secs(30),
+        || !lw_status(NS, &id)["last_error"].is_null(),
+    );
+    let s = lw_status(NS, &id);
+    assert_eq!(s["state"], "awake", "{s}");
+    assert_eq!(s["sleeps"], 0, "{s}");
+    let err = s["last_error"].as_str().unwrap_or("");
+    assert!(
+        err.contains("pre-sleep-exec failed") && err.contains("not now"),
+        "{err}"
+    );
+}
