@@ -7,7 +7,7 @@ CARGO ?= cargo
 SHIM := containerd-shim-lightwhale-v2
 RELEASE_BIN := target/release/$(SHIM)
 
-.PHONY: all build deps install images test test-unit lint demo clean uninstall
+.PHONY: all build deps install images test test-unit lint demo bench clean uninstall
 
 all: build
 
@@ -41,6 +41,10 @@ test-unit:
 
 test: deps install images
 	bash scripts/run-tests.sh
+
+# Measurements, side by side in one run (QUICK=1: fewer samples, no 256 MiB case).
+bench: deps install images
+	python3 bench/measure.py $(if $(QUICK),--quick)
 
 demo: deps install images
 	bash scripts/demo.sh
