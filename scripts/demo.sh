@@ -43,7 +43,7 @@ say "again, 5 times: sleep now, then one request"
 for i in 1 2 3 4 5; do
   lightwhale sleep "$id" >/dev/null
   t=$(date +%s%N); value=$(curl -fsS "http://127.0.0.1:$port/"); w=$(ms "$t")
-  printf '  cycle %d: slept in %s ms, woke and answered in %3d ms, counter = %s' "$i" \
+  printf '  cycle %d: slept in %s ms, woke and answered in %3d ms, counter = %s\n' "$i" \
     "$(sed -n 's/.*"last_sleep_ms": \([0-9]*\).*/\1/p' "/run/lightwhale/containers/moby/$id.json")" "$w" "$value"
 done
 echo
