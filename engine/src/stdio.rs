@@ -29,6 +29,12 @@ pub enum Sink {
     None,
     Fifo(PathBuf),
     File(PathBuf),
+    /// A logging binary (containerd's `binary://` URI): it reads stdout on fd 3 and
+    /// stderr on fd 4, and closes fd 5 once it is ready. Query pairs become arguments.
+    Binary {
+        path: PathBuf,
+        args: Vec<String>,
+    },
 }
 
 impl Sink {
@@ -42,10 +48,32 @@ impl Sink {
         if let Some(rest) = uri.strip_prefix("fifo://") {
             return Ok(Sink::Fifo(PathBuf::from(rest)));
         }
+        if let Some(rest) = uri.strip_prefix("binary://") {
+            let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+            if path.is_empty() {
+                return Err(Error::Bundle {
+                    path: PathBuf::from(uri),
+                    message: "binary:// URI without a path".into(),
+                });
+            }
+            let mut args = Vec::new();
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                args.push(percent_decode(k));
+                if !v.is_empty() {
+                    args.push(percent_decode(v));
+                }
+            }
+            return Ok(Sink::Binary {
+                path: PathBuf::from(percent_decode(path)),
+                args,
+            });
+        }
         if uri.contains("://") {
             return Err(Error::Bundle {
                 path: PathBuf::from(uri),
-                message: "unsupported stdio URI scheme (supported: fifo paths, file://)".into(),
+                message: "unsupported stdio URI scheme (supported: fifo paths, file://, binary://)"
+                    .into(),
             });
         }
         Ok(Sink::Fifo(PathBuf::from(uri)))
@@ -59,6 +87,9 @@ pub struct StdioPaths {
     pub stdout: String,
     pub stderr: String,
     pub terminal: bool,
+    /// Container id and namespace, for a `binary://` logger's environment.
+    pub id: String,
+    pub namespace: String,
 }
 
 /// The container's ends of its stdio pipes, kept for the life of the process so they
@@ -104,9 +135,26 @@ impl Stdio {
             }
         };
         let (out_r, out_w) = pipe_pair()?;
-        copiers.push(tokio::spawn(copy_out(out_r, stdout_sink)));
         let (err_r, err_w) = pipe_pair()?;
-        copiers.push(tokio::spawn(copy_out(err_r, stderr_sink)));
+        if let Sink::Binary { path, args } = &stdout_sink {
+            // One logger for both streams, fed through pipes of its own so the
+            // container's pipes stay the shim's (they must survive a checkpoint).
+            let (log_out_r, log_out_w) = pipe_pair()?;
+            let (log_err_r, log_err_w) = pipe_pair()?;
+            spawn_logger(
+                path,
+                args,
+                &paths.id,
+                &paths.namespace,
+                log_out_r,
+                log_err_r,
+            )?;
+            copiers.push(tokio::spawn(copy_to_fd(out_r, log_out_w)));
+            copiers.push(tokio::spawn(copy_to_fd(err_r, log_err_w)));
+        } else {
+            copiers.push(tokio::spawn(copy_out(out_r, stdout_sink)));
+            copiers.push(tokio::spawn(copy_out(err_r, stderr_sink)));
+        }
 
         Ok(Stdio {
             ends: Mutex::new(Some(ContainerEnds {
@@ -268,6 +316,103 @@ impl Stdio {
     }
 }
 
+/// Starts a `binary://` logger: fd 3 = stdout, fd 4 = stderr, fd 5 = readiness pipe
+/// (the logger closes it when ready; we wait for that, as containerd's shims do).
+fn spawn_logger(
+    path: &Path,
+    args: &[String],
+    id: &str,
+    ns: &str,
+    out: OwnedFd,
+    err: OwnedFd,
+) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let (ready_r, ready_w) = pipe_pair()?;
+    // Above 100, so placing them at 3, 4 and 5 in the child never clobbers one another.
+    let high = |fd: &OwnedFd| -> Result<OwnedFd> {
+        nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(100))
+            .map(|raw| {
+                // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nothing else owns.
+                unsafe { std::os::fd::FromRawFd::from_raw_fd(raw) }
+            })
+            .map_err(|e| Error::sys("fcntl(F_DUPFD_CLOEXEC)", e))
+    };
+    let (o, e, w) = (high(&out)?, high(&err)?, high(&ready_w)?);
+    drop((out, err, ready_w));
+    let fds = [o.as_raw_fd(), e.as_raw_fd(), w.as_raw_fd()];
+    let mut cmd = std::process::Command::new(path);
+    cmd.args(args)
+        .env("CONTAINER_ID", id)
+        .env("CONTAINER_NAMESPACE", ns)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: between fork and exec only dup2 runs, which is async-signal-safe; it
+    // touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (target, src) in (3..).zip(fds) {
+                if libc::dup2(src, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|e| Error::Spawn {
+        binary: path.display().to_string(),
+        source: e,
+    })?;
+    // Its exit is collected by the reaper; nobody needs the status.
+    drop(child);
+    drop((o, e, w));
+    // Wait (bounded) for the logger to be ready: EOF or a byte on the readiness pipe.
+    let mut ready = File::from(ready_r);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 1];
+        let _ = tx.send(ready.read(&mut b));
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(Error::io("logging binary", path, e)),
+        Err(_) => Err(Error::io(
+            "logging binary did not get ready within 10 s",
+            path,
+            std::io::Error::from(std::io::ErrorKind::TimedOut),
+        )),
+    }
+}
+
+async fn copy_to_fd(from: OwnedFd, to: OwnedFd) {
+    let Ok(mut from) = pipe::Receiver::from_owned_fd(from) else {
+        return;
+    };
+    let Ok(mut to) = pipe::Sender::from_owned_fd(to) else {
+        return;
+    };
+    let _ = tokio::io::copy(&mut from, &mut to).await;
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn copy_blocking(mut from: impl Read, to: &mut dyn Write) {
     let mut buf = [0u8; 32 * 1024];
     loop {
@@ -287,7 +432,8 @@ fn copy_blocking(mut from: impl Read, to: &mut dyn Write) {
 
 fn open_sink_blocking(sink: &Sink) -> std::io::Result<Option<File>> {
     match sink {
-        Sink::None => Ok(None),
+        // A terminal's output to a logging binary is drained (not supported yet).
+        Sink::None | Sink::Binary { .. } => Ok(None),
         // Blocks until the client's reader is there, as it is before Create returns.
         Sink::Fifo(p) => OpenOptions::new().write(true).open(p).map(Some),
         Sink::File(p) => {
@@ -306,7 +452,7 @@ fn open_sink_blocking(sink: &Sink) -> std::io::Result<Option<File>> {
 
 fn open_source_blocking(source: &Sink) -> std::io::Result<Option<File>> {
     match source {
-        Sink::None => Ok(None),
+        Sink::None | Sink::Binary { .. } => Ok(None),
         // A blocking open waits for the client's writer; a non-blocking one would read
         // EOF before the client attached and close the container's stdin too early.
         Sink::Fifo(p) | Sink::File(p) => File::open(p).map(Some),
@@ -454,5 +600,15 @@ mod tests {
             Some(Sink::File("/var/log/a".into()))
         );
         assert!(Sink::parse("http://x").is_err());
+        assert_eq!(
+            Sink::parse("binary:///usr/local/bin/nerdctl?_NERDCTL_INTERNAL_LOGGING=%2Fvar%2Flib%2Fnerdctl&x").ok(),
+            Some(Sink::Binary {
+                path: "/usr/local/bin/nerdctl".into(),
+                args: vec!["_NERDCTL_INTERNAL_LOGGING".into(), "/var/lib/nerdctl".into(), "x".into()],
+            })
+        );
+        assert!(Sink::parse("binary://").is_err());
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("%zz%41"), "%zzA");
     }
 }

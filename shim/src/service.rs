@@ -420,6 +420,8 @@ impl Task for Service {
                 stdout: req.stdout.clone(),
                 stderr: req.stderr.clone(),
                 terminal: req.terminal,
+                id: id.clone(),
+                namespace: ns.clone(),
             };
             let init = Process::new("", paths, Vec::new());
             let pid_file = bundle.join("init.pid");
@@ -931,6 +933,8 @@ impl Task for Service {
                 stdout: req.stdout.clone(),
                 stderr: req.stderr.clone(),
                 terminal: req.terminal,
+                id: c.id.clone(),
+                namespace: self.shared.namespace.clone(),
             };
             execs.insert(req.exec_id.clone(), Process::new(&req.exec_id, paths, spec));
         }

@@ -43,16 +43,7 @@ fn ctr_detached_task_exec_kill() {
         return;
     }
     let id = unique("ctrd");
-    struct Gone(String);
-    impl Drop for Gone {
-        fn drop(&mut self) {
-            let _ = ctr(&["task", "kill", "-s", "SIGKILL", &self.0]);
-            std::thread::sleep(Duration::from_millis(300));
-            let _ = ctr(&["task", "rm", "-f", &self.0]);
-            let _ = ctr(&["container", "rm", &self.0]);
-        }
-    }
-    let _g = Gone(id.clone());
+    let _g = CtrTask(id.clone());
     ctr(&[
         "run",
         "-d",
@@ -106,5 +97,54 @@ fn ctr_detached_task_exec_kill() {
     assert!(
         !std::path::Path::new(&format!("/run/lightwhale/netns/default-{id}")).exists(),
         "the pinned namespace goes with the task"
+    );
+}
+
+#[test]
+fn binary_log_uri_feeds_a_logging_binary() {
+    if !stack_or_skip("ctr --log-uri binary://") {
+        return;
+    }
+    // What nerdctl does for detached containers: a logging binary reading fd 3 and 4.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logger = dir.path().join("logger.sh");
+    std::fs::write(
+        &logger,
+        "#!/bin/sh\nprintf '%s %s' \"$CONTAINER_NAMESPACE\" \"$CONTAINER_ID\" > \"$1.env\"\nexec 5>&-\ncat <&3 > \"$1.out\" &\ncat <&4 > \"$1.err\"\nwait\n",
+    )
+    .expect("logger");
+    std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let base = dir.path().join("log");
+    let uri = format!("binary://{}?{}", logger.display(), base.display());
+    let id = unique("ctrlog");
+    let _g = CtrTask(id.clone());
+    ctr(&[
+        "run",
+        "-d",
+        "--log-uri",
+        &uri,
+        "--runtime",
+        RUNTIME,
+        CTR_IMAGE,
+        &id,
+        "sh",
+        "-c",
+        "echo to-out; echo to-err >&2",
+    ])
+    .ok();
+    let out = base.with_extension("out");
+    let err = base.with_extension("err");
+    wait_until(
+        "the logger got both streams",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(&out).unwrap_or_default() == "to-out\n"
+                && std::fs::read_to_string(&err).unwrap_or_default() == "to-err\n"
+        },
+    );
+    assert_eq!(
+        std::fs::read_to_string(base.with_extension("env")).unwrap_or_default(),
+        format!("default {id}")
     );
 }

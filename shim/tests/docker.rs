@@ -386,15 +386,8 @@ fn two_containers_on_a_user_network_talk() {
     if !stack_or_skip("docker user network") {
         return;
     }
-    let net = unique("net");
-    assert_eq!(docker(&["network", "create", &net]).code, 0);
-    struct Net(String);
-    impl Drop for Net {
-        fn drop(&mut self) {
-            let _ = docker(&["network", "rm", &self.0]);
-        }
-    }
-    let _n = Net(net.clone());
+    let network = Network::create("net");
+    let net = network.0.clone();
     for rt in RUNTIMES {
         let server = unique("srv");
         let _c = Cleanup(vec![server.clone()]);

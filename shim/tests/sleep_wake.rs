@@ -204,15 +204,8 @@ fn a_container_on_the_same_network_wakes_it() {
     if !stack_or_skip("wake from another container") {
         return;
     }
-    let net = unique("swnet");
-    docker(&["network", "create", &net]).ok();
-    struct Net(String);
-    impl Drop for Net {
-        fn drop(&mut self) {
-            let _ = docker(&["network", "rm", &self.0]);
-        }
-    }
-    let _n = Net(net.clone());
+    let network = Network::create("swnet");
+    let net = network.0.clone();
     let name = unique("netsrv");
     let _c = Cleanup(vec![name.clone()]);
     let id = run_lw(
@@ -542,16 +535,7 @@ fn ctr_task_sleeps_and_a_connection_from_its_namespace_wakes_it() {
         return;
     }
     let id = unique("ctrsleep");
-    struct Gone(String);
-    impl Drop for Gone {
-        fn drop(&mut self) {
-            let _ = ctr(&["task", "kill", "-s", "SIGKILL", &self.0]);
-            std::thread::sleep(Duration::from_millis(300));
-            let _ = ctr(&["task", "rm", "-f", &self.0]);
-            let _ = ctr(&["container", "rm", &self.0]);
-        }
-    }
-    let _g = Gone(id.clone());
+    let _g = CtrTask(id.clone());
     ctr(&[
         "run",
         "-d",

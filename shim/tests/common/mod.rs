@@ -157,6 +157,35 @@ impl Drop for Cleanup {
     }
 }
 
+/// Removes a ctr task and container when dropped.
+pub struct CtrTask(pub String);
+
+impl Drop for CtrTask {
+    fn drop(&mut self) {
+        let _ = ctr(&["task", "kill", "-s", "SIGKILL", &self.0]);
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = ctr(&["task", "rm", "-f", &self.0]);
+        let _ = ctr(&["container", "rm", &self.0]);
+    }
+}
+
+/// A Docker network, removed when dropped.
+pub struct Network(pub String);
+
+impl Network {
+    pub fn create(prefix: &str) -> Network {
+        let name = unique(prefix);
+        docker(&["network", "create", &name]).ok();
+        Network(name)
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = docker(&["network", "rm", &self.0]);
+    }
+}
+
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
