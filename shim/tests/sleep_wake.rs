@@ -364,7 +364,13 @@ fn twenty_cycles_under_constant_load_lose_nothing() {
         })
     };
     let mut cycles = 0;
+    let deadline = Instant::now() + Duration::from_secs(180);
     while cycles < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "only {cycles} of 20 sleeps were accepted in 180 s: {}",
+            lw_status(NS, &id)
+        );
         let out = run("lightwhale", &["sleep", &id]);
         if out.code == 0 {
             cycles += 1;
