@@ -15,6 +15,7 @@ pub mod activity;
 pub mod cgroup;
 pub mod error;
 pub mod netns;
+pub mod privilege;
 pub mod reaper;
 pub mod runc;
 pub mod sockets;

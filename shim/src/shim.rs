@@ -40,6 +40,9 @@ impl Shim for LightwhaleShim {
         if let Err(e) = reaper::install() {
             warn!("cannot install the child reaper: {e}");
         }
+        if let Some(m) = lightwhale_engine::privilege::describe_missing() {
+            warn!("running without {m}: containers may fail to start, and sleep will fail");
+        }
         LightwhaleShim {
             exit: Arc::new(ExitSignal::default()),
             id: args.id.clone(),

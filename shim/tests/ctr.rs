@@ -148,3 +148,70 @@ fn binary_log_uri_feeds_a_logging_binary() {
         format!("default {id}")
     );
 }
+
+#[test]
+fn containers_of_one_pod_share_one_shim() {
+    if !stack_or_skip("pod grouping") {
+        return;
+    }
+    // containerd's CRI groups a pod's containers by this annotation; so does the shim.
+    let sandbox = unique("pod");
+    let group = format!("io.kubernetes.cri.sandbox-id={sandbox}");
+    let ids = [unique("podc"), unique("podc")];
+    let _g: Vec<CtrTask> = ids.iter().map(|id| CtrTask(id.clone())).collect();
+    for id in &ids {
+        ctr(&[
+            "run",
+            "-d",
+            "--annotation",
+            &group,
+            "--runtime",
+            RUNTIME,
+            CTR_IMAGE,
+            id,
+            "sleep",
+            "1000",
+        ])
+        .ok();
+    }
+    let address = |id: &str| {
+        std::fs::read_to_string(format!(
+            "/run/containerd/io.containerd.runtime.v2.task/default/{id}/address"
+        ))
+        .unwrap_or_default()
+    };
+    let first = address(&ids[0]);
+    assert!(!first.is_empty(), "containerd recorded the shim's address");
+    assert_eq!(
+        first,
+        address(&ids[1]),
+        "both containers are served by one shim"
+    );
+    let tasks = ctr(&["task", "ls"]).ok();
+    for id in &ids {
+        assert!(
+            tasks
+                .stdout
+                .lines()
+                .any(|l| l.starts_with(id.as_str()) && l.contains("RUNNING")),
+            "{tasks:?}"
+        );
+    }
+    // Stopping one leaves the other, in the same shim, running.
+    ctr(&["task", "kill", "-s", "SIGKILL", &ids[0]]).ok();
+    wait_until("first task stopped", Duration::from_secs(15), || {
+        ctr(&["task", "ls"])
+            .stdout
+            .lines()
+            .any(|l| l.starts_with(ids[0].as_str()) && l.contains("STOPPED"))
+    });
+    ctr(&["task", "rm", &ids[0]]).ok();
+    let tasks = ctr(&["task", "ls"]).ok();
+    assert!(
+        tasks
+            .stdout
+            .lines()
+            .any(|l| l.starts_with(ids[1].as_str()) && l.contains("RUNNING")),
+        "{tasks:?}"
+    );
+}

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 /// and panics instead when `CI=true`: in CI a missing dependency is a failure.
 pub fn privileged_or_skip(what: &str) -> bool {
     let mut missing = Vec::new();
-    if !nix::unistd::Uid::effective().is_root() {
-        missing.push("root".to_string());
+    if let Some(m) = lightwhale_engine::privilege::describe_missing() {
+        missing.push(m);
     }
     for bin in ["runc", "criu"] {
         if lightwhale_engine::runc::Runc::find_binary(bin).is_none() {

@@ -110,6 +110,9 @@ pub fn stack_or_skip(what: &str) -> bool {
     if !nix::unistd::Uid::effective().is_root() {
         missing.push("root".to_string());
     }
+    if let Some(m) = lightwhale_engine::privilege::describe_missing() {
+        missing.push(m);
+    }
     let dockerd = run(docker_bin(), &["info", "--format", "{{json .Runtimes}}"]);
     if dockerd.code != 0 {
         missing.push(format!("a running dockerd ({})", dockerd.stderr.trim()));
