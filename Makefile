@@ -21,12 +21,13 @@ deps:
 install: build
 	install -D -m 0755 $(RELEASE_BIN) $(DESTDIR)$(PREFIX)/bin/$(SHIM)
 	install -D -m 0755 target/release/lightwhale $(DESTDIR)$(PREFIX)/bin/lightwhale
+	install -D -m 0755 target/release/lightwhale-criu-tar $(DESTDIR)$(PREFIX)/libexec/lightwhale/criu-helpers/tar
 	install -d -m 0755 $(DESTDIR)$(PREFIX)/share/lightwhale/criu-profiles
 	install -m 0644 criu-profiles/*.conf $(DESTDIR)$(PREFIX)/share/lightwhale/criu-profiles/
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/$(SHIM) $(DESTDIR)$(PREFIX)/bin/lightwhale
-	rm -rf $(DESTDIR)$(PREFIX)/share/lightwhale
+	rm -rf $(DESTDIR)$(PREFIX)/share/lightwhale $(DESTDIR)$(PREFIX)/libexec/lightwhale
 
 images:
 	bash scripts/make-test-images.sh

@@ -33,6 +33,8 @@ pub enum Error {
     },
     #[error("network namespace {path}: {message}")]
     Netns { path: PathBuf, message: String },
+    #[error("criu lazy-pages {message}\n--- lazy-pages.log (tail) ---\n{log_tail}")]
+    LazyPages { message: String, log_tail: String },
     #[error("{what}: {source}")]
     Sys {
         what: &'static str,

@@ -9,11 +9,13 @@
 //!   outlive a checkpoint because the shim, not the container, holds them.
 //! - [`netns`]: network namespaces the shim creates and pins so they outlive the task.
 //! - [`spec`]: the edits the shim makes to a bundle's `config.json`.
+//! - [`lazy`]: the `criu lazy-pages` daemon of a post-copy restore.
 //! - [`cgroup`]: the few cgroup reads the shim needs (OOM counters), v1 and v2.
 
 pub mod activity;
 pub mod cgroup;
 pub mod error;
+pub mod lazy;
 pub mod netns;
 pub mod privilege;
 pub mod reaper;

@@ -78,6 +78,8 @@ pub struct Container {
     pub transition: tokio::sync::Mutex<()>,
     pub ckpt: Mutex<CheckpointGuard>,
     pub held: Mutex<Held>,
+    /// The page fill of the last lazy wake, while it runs.
+    pub fill: Mutex<Option<crate::sleep::Fill>>,
     pub status: Mutex<Status>,
     /// Resources sent by Update while asleep, applied at wake.
     pub pending_update: Mutex<Option<PathBuf>>,
@@ -379,7 +381,8 @@ impl Task for Service {
             rootfs_mounted: false,
             netns: None,
         };
-        let runc = Runc::new(&binary, &state.runc_root, opts.systemd_cgroup);
+        let runc = Runc::new(&binary, &state.runc_root, opts.systemd_cgroup)
+            .with_criu_helpers(config::criu_helpers_dir(&self.shared.node));
 
         let setup = async {
             if !req.rootfs.is_empty() {
@@ -468,6 +471,8 @@ impl Task for Service {
                 "criu_profile": sleep_cfg.criu_profile,
                 "criu_profile_path": sleep_cfg.criu_profile_path,
                 "image_dir": image_root,
+                "lazy_pages": sleep_cfg.lazy_pages,
+                "lazy_pages_threshold_bytes": sleep_cfg.lazy_threshold,
             }),
             ..Default::default()
         };
@@ -487,6 +492,7 @@ impl Task for Service {
             transition: tokio::sync::Mutex::new(()),
             ckpt: Mutex::new(CheckpointGuard::default()),
             held: Mutex::new(Held::default()),
+            fill: Mutex::new(None),
             status: Mutex::new(status_doc),
             pending_update: Mutex::new(None),
             activity: AtomicBool::new(false),
@@ -690,6 +696,7 @@ impl Task for Service {
             }
         };
         cleanup_bundle(&c.bundle, &c.state);
+        c.stop_fill();
         c.discard_images();
         if let Some(t) = c
             .control_task

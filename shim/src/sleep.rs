@@ -12,7 +12,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use containerd_shim_protos::events::task::TaskCheckpointed;
 use lightwhale_engine::activity::{IdleTracker, Probe};
 use lightwhale_engine::cgroup::MemoryCgroup;
-use lightwhale_engine::runc::{CheckpointOpts, RestoreOpts};
+use lightwhale_engine::lazy::{self, LazyPages};
+use lightwhale_engine::runc::{CheckpointOpts, RestoreOpts, Runc};
 use lightwhale_engine::sockets;
 use serde::Serialize;
 use serde_json::Value;
@@ -46,9 +47,43 @@ pub struct Status {
     pub last_sleep_ms: Option<u64>,
     pub last_wake_ms: Option<u64>,
     pub memory_freed_bytes: Option<u64>,
+    /// Bytes of memory pages in the checkpoint (what an eager restore reads back).
+    pub pages_bytes: Option<u64>,
     pub held_ports: Vec<u16>,
+    /// Where the last wake's time went.
+    pub last_wake_phases: Option<WakePhases>,
     pub last_error: Option<String>,
     pub config: Value,
+}
+
+/// Where a wake's time went, in milliseconds from the trigger (a connection seen on a
+/// held socket, or an RPC that needs the task awake).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct WakePhases {
+    pub trigger: String,
+    /// Post-copy restore (pages follow the task) rather than eager.
+    pub lazy: bool,
+    /// Trigger to holding the container's transition lock.
+    pub queued_ms: f64,
+    /// Starting the `criu lazy-pages` daemon until it listens.
+    pub lazy_daemon_ms: Option<f64>,
+    /// `runc restore`, CRIU included.
+    pub runc_restore_ms: f64,
+    /// CRIU's own restore, from its log (runc's share is the difference).
+    pub criu_restore_ms: Option<f64>,
+    /// Trigger to the held listeners handed over to the restored task: from here on the
+    /// task itself answers.
+    pub total_ms: f64,
+    /// With `lazy`: the restore's end until the daemon had every page back.
+    pub fill_ms: Option<f64>,
+    /// A lazy restore that fell back to eager, and why.
+    pub fallback: Option<String>,
+}
+
+/// The background page fill of a lazy wake.
+pub struct Fill {
+    pub daemon_pid: i32,
+    pub done: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Sockets held while the task sleeps.
@@ -116,6 +151,36 @@ impl Container {
 
     fn work(&self) -> PathBuf {
         self.image_root.join("work")
+    }
+
+    /// Kills the lazy-pages daemon of a task that is gone (delete).
+    pub fn stop_fill(&self) {
+        if let Some(f) = self.fill.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if !*f.done.borrow() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(f.daemon_pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+
+    /// Waits (at most `limit`) for the last lazy wake's pages to be all back; the next
+    /// dump must not read memory the daemon still has to fill, nor replace the images
+    /// it serves them from.
+    async fn fill_finished(&self, limit: Duration) -> bool {
+        let rx = self
+            .fill
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|f| f.done.clone());
+        let Some(mut rx) = rx else { return true };
+        // A dropped sender means the watcher is gone: nothing left to wait for.
+        let finished = tokio::time::timeout(limit, rx.wait_for(|d| *d))
+            .await
+            .is_ok();
+        finished
     }
 
     pub fn is_asleep(&self) -> bool {
@@ -208,6 +273,11 @@ pub async fn sleep(shared: &Arc<Shared>, c: &Arc<Container>) -> Result<(), Sleep
     if c.running_execs() > 0 {
         return Err(SleepError::Refused("an exec is running".into()));
     }
+    if !c.fill_finished(Duration::from_secs(30)).await {
+        return Err(SleepError::Refused(
+            "pages of the last lazy wake are still being filled".into(),
+        ));
+    }
     if let Some(cmd) = &c.sleep_cfg.pre_sleep_exec {
         if let Err(e) = run_hook(c, "pre-sleep", cmd).await {
             let err = SleepError::Hook(format!("pre-sleep-exec failed, sleep cancelled: {e}"));
@@ -279,6 +349,11 @@ pub async fn sleep(shared: &Arc<Shared>, c: &Arc<Container>) -> Result<(), Sleep
     }
     let took = t0.elapsed();
     let ports: Vec<u16> = held.iter().map(|(p, _)| *p).collect();
+    let pages = lazy::pages_bytes(&images);
+    // Done now rather than on the wake path.
+    if let Err(e) = c.restore_bundle() {
+        warn!(id = %c.id, "restore bundle (retried at wake): {e}");
+    }
     {
         let mut s = c.status.lock().unwrap_or_else(|p| p.into_inner());
         s.state = SleepPhase::Asleep;
@@ -286,6 +361,7 @@ pub async fn sleep(shared: &Arc<Shared>, c: &Arc<Container>) -> Result<(), Sleep
         s.sleeps += 1;
         s.last_sleep_ms = Some(took.as_millis() as u64);
         s.memory_freed_bytes = usage_before;
+        s.pages_bytes = Some(pages);
         s.held_ports = ports.clone();
         s.last_error = None;
     }
@@ -323,11 +399,12 @@ pub async fn sleep(shared: &Arc<Shared>, c: &Arc<Container>) -> Result<(), Sleep
         if rx.recv().await.is_none() {
             return;
         }
+        let seen = Instant::now();
         for w in watchers {
             w.abort();
         }
         info!(id = %c2.id, "connection while asleep: waking");
-        if let Err(e) = wake(&shared2, &c2, "connection").await {
+        if let Err(e) = wake_since(&shared2, &c2, "connection", seen).await {
             warn!(id = %c2.id, "{e}");
         }
     });
@@ -351,14 +428,36 @@ pub async fn sleep(shared: &Arc<Shared>, c: &Arc<Container>) -> Result<(), Sleep
 
 /// Wakes the task if it sleeps; a no-op otherwise. `why` is for the log.
 pub async fn wake(shared: &Arc<Shared>, c: &Arc<Container>, why: &str) -> Result<(), SleepError> {
+    wake_since(shared, c, why, Instant::now()).await
+}
+
+/// Wakes the task; `since` is when the trigger was seen (the phases count from there).
+pub async fn wake_since(
+    shared: &Arc<Shared>,
+    c: &Arc<Container>,
+    why: &str,
+    since: Instant,
+) -> Result<(), SleepError> {
     let _t = c.transition.lock().await;
     if !c.is_asleep() || c.init.phase() == Phase::Stopped {
         return Ok(());
     }
-    let t0 = Instant::now();
+    let t0 = since;
+    let pages = c
+        .status
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .pages_bytes
+        .unwrap_or(0);
+    let mut phases = WakePhases {
+        trigger: why.to_string(),
+        lazy: c.sleep_cfg.lazy_for(pages),
+        queued_ms: ms(t0.elapsed()),
+        ..Default::default()
+    };
     let mut last = None;
     for attempt in 1..=2 {
-        match restore_once(shared, c).await {
+        match restore_once(shared, c, &mut phases).await {
             Ok(()) => {
                 last = None;
                 break;
@@ -366,6 +465,11 @@ pub async fn wake(shared: &Arc<Shared>, c: &Arc<Container>, why: &str) -> Result
             Err(e) => {
                 warn!(id = %c.id, attempt, "{e}");
                 let _ = c.runc.delete(&c.id, true).await;
+                if phases.lazy {
+                    // The images are intact (the daemon only reads them): try eagerly.
+                    phases.lazy = false;
+                    phases.fallback = Some(e.to_string());
+                }
                 last = Some(e);
             }
         }
@@ -390,7 +494,6 @@ pub async fn wake(shared: &Arc<Shared>, c: &Arc<Container>, why: &str) -> Result
         handle_exit(shared.clone(), c.clone(), c.init.clone(), exit).await;
         return Err(err);
     }
-    let took = t0.elapsed();
     // The restored listeners are in the reuseport group now: closing ours hands every
     // queued connection over to them.
     let held = std::mem::take(&mut *c.held.lock().unwrap_or_else(|p| p.into_inner()));
@@ -400,6 +503,8 @@ pub async fn wake(shared: &Arc<Shared>, c: &Arc<Container>, why: &str) -> Result
         }
     }
     drop(held.sockets);
+    let took = t0.elapsed();
+    phases.total_ms = ms(took);
     {
         let mut s = c.status.lock().unwrap_or_else(|p| p.into_inner());
         s.state = SleepPhase::Awake;
@@ -407,10 +512,24 @@ pub async fn wake(shared: &Arc<Shared>, c: &Arc<Container>, why: &str) -> Result
         s.wakes += 1;
         s.last_wake_ms = Some(took.as_millis() as u64);
         s.held_ports.clear();
+        if let Some(f) = &phases.fallback {
+            s.last_error = Some(format!("lazy restore failed, restored eagerly: {f}"));
+        }
+        s.last_wake_phases = Some(phases.clone());
     }
     c.write_status();
     c.touch_activity();
-    info!(id = %c.id, ms = took.as_millis() as u64, why, "awake");
+    info!(
+        id = %c.id,
+        ms = took.as_millis() as u64,
+        why,
+        lazy = phases.lazy,
+        queued_ms = phases.queued_ms,
+        lazy_daemon_ms = ?phases.lazy_daemon_ms,
+        runc_ms = phases.runc_restore_ms,
+        criu_ms = ?phases.criu_restore_ms,
+        "awake"
+    );
     if let Some(cmd) = c.sleep_cfg.post_wake_exec.clone() {
         // Off the wake path: the client's first byte never waits for the hook.
         let c = c.clone();
@@ -562,14 +681,41 @@ fn release_conns(c: &Container) {
     }
 }
 
-async fn restore_once(shared: &Arc<Shared>, c: &Arc<Container>) -> Result<(), SleepError> {
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
+}
+
+/// CRIU's restore time from its log: the timestamp of its last line of success.
+fn criu_restore_ms(log: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("Restore finished successfully"))?;
+    let stamp = line.strip_prefix('(')?.split(')').next()?;
+    stamp
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .map(|s| ms(Duration::from_secs_f64(s)))
+}
+
+async fn restore_once(
+    shared: &Arc<Shared>,
+    c: &Arc<Container>,
+    phases: &mut WakePhases,
+) -> Result<(), SleepError> {
     let restore_err = |message: String| SleepError::Restore {
         message,
         criu_log: tail(&c.work().join("restore.log"), 20),
     };
-    let bundle = c
-        .restore_bundle()
-        .map_err(|e| restore_err(format!("restore bundle: {e}")))?;
+    let prepared = c.image_root.join("bundle");
+    let bundle = if prepared.join("config.json").is_file() {
+        prepared
+    } else {
+        c.restore_bundle()
+            .map_err(|e| restore_err(format!("restore bundle: {e}")))?
+    };
     let io = c
         .init
         .stdio()
@@ -578,9 +724,31 @@ async fn restore_once(shared: &Arc<Shared>, c: &Arc<Container>) -> Result<(), Sl
         .map_err(|e| restore_err(e.to_string()))?
         .unwrap_or_default();
     let pid_file = c.image_root.join("restored.pid");
+    let mut daemon = None;
+    if phases.lazy {
+        let t = Instant::now();
+        let started = match Runc::find_binary("criu") {
+            Some(criu) => LazyPages::start(&criu, &c.images(), &c.work(), Duration::from_secs(2))
+                .await
+                .map_err(|e| e.to_string()),
+            None => Err("criu not found in PATH".to_string()),
+        };
+        match started {
+            Ok(d) => {
+                phases.lazy_daemon_ms = Some(ms(t.elapsed()));
+                daemon = Some(d);
+            }
+            Err(e) => {
+                warn!(id = %c.id, "lazy restore unavailable, restoring eagerly: {e}");
+                phases.lazy = false;
+                phases.fallback = Some(e);
+            }
+        }
+    }
     release_conns(c);
     let since = Instant::now();
-    c.runc
+    let restored = c
+        .runc
         .restore(
             &c.id,
             &bundle,
@@ -590,12 +758,21 @@ async fn restore_once(shared: &Arc<Shared>, c: &Arc<Container>) -> Result<(), Sl
                 pid_file: pid_file.clone(),
                 log_file: c.image_root.join("restore.json"),
                 detach: true,
+                lazy_pages: daemon.is_some(),
                 ..Default::default()
             },
             io,
         )
-        .await
-        .map_err(|e| restore_err(e.to_string()))?;
+        .await;
+    phases.runc_restore_ms = ms(since.elapsed());
+    phases.criu_restore_ms = criu_restore_ms(&c.work().join("restore.log"));
+    if let Err(e) = restored {
+        if let Some(mut d) = daemon {
+            d.kill();
+            d.wait().await;
+        }
+        return Err(restore_err(e.to_string()));
+    }
     let pid: i32 = std::fs::read_to_string(&pid_file)
         .ok()
         .and_then(|t| t.trim().parse().ok())
@@ -603,6 +780,9 @@ async fn restore_once(shared: &Arc<Shared>, c: &Arc<Container>) -> Result<(), Sl
     c.init.set_pid(pid);
     *c.memcg.lock().unwrap_or_else(|p| p.into_inner()) = MemoryCgroup::of_pid(pid);
     spawn_exit_watcher(shared.clone(), c.clone(), c.init.clone(), pid, since);
+    if let Some(d) = daemon {
+        spawn_fill_watcher(c, d, pid);
+    }
     let pending = c
         .pending_update
         .lock()
@@ -615,6 +795,50 @@ async fn restore_once(shared: &Arc<Shared>, c: &Arc<Container>) -> Result<(), Sl
         let _ = std::fs::remove_file(&resources);
     }
     Ok(())
+}
+
+/// Follows the lazy-pages daemon of a restored task until every page is back. A daemon
+/// that dies first leaves holes the kernel would fill with zeros: the task is stopped
+/// rather than left to run on memory that is not its own.
+fn spawn_fill_watcher(c: &Arc<Container>, mut daemon: LazyPages, pid: i32) {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    *c.fill.lock().unwrap_or_else(|p| p.into_inner()) = Some(Fill {
+        daemon_pid: daemon.pid(),
+        done: rx,
+    });
+    let c = c.clone();
+    tokio::spawn(async move {
+        let t = Instant::now();
+        let exit = daemon.wait().await;
+        let fill_ms = ms(t.elapsed());
+        let task_alive = c.init.pid() == pid && c.init.phase() == Phase::Running;
+        if exit.status == 0 {
+            info!(id = %c.id, fill_ms, "lazy restore: every page is back");
+            if let Some(p) = c
+                .status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .last_wake_phases
+                .as_mut()
+            {
+                p.fill_ms = Some(fill_ms);
+            }
+            c.write_status();
+        } else if task_alive {
+            let msg = format!(
+                "criu lazy-pages exited with status {} before every page was back; \
+                 the task was stopped rather than run on missing memory\n{}",
+                exit.status,
+                daemon.log_tail(10)
+            );
+            warn!(id = %c.id, "{msg}");
+            c.record_error(&msg);
+            if let Err(e) = c.runc.kill(&c.id, libc::SIGKILL, true).await {
+                warn!(id = %c.id, "kill after a failed page fill: {e}");
+            }
+        }
+        let _ = tx.send(true);
+    });
 }
 
 /// Ends a sleeping task at once (SIGKILL while asleep): nothing to restore, images go.

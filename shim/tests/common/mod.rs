@@ -279,11 +279,16 @@ pub fn processes_of(id: &str) -> Vec<i32> {
 
 /// GET / and its body; None on any failure (refused, reset, timeout).
 pub fn try_get(port: u16, timeout: Duration) -> Option<String> {
+    try_get_path(port, "/", timeout)
+}
+
+/// GET `path` and its body; None on any failure.
+pub fn try_get_path(port: u16, path: &str, timeout: Duration) -> Option<String> {
     use std::io::{Read, Write};
     let mut s =
         std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), timeout).ok()?;
     s.set_read_timeout(Some(timeout)).ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
         .ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
