@@ -206,12 +206,12 @@ fn tmpfs_contents_are_the_same_after_a_wake() {
             "-c",
             // Each tmpfs's own entries (same device as its root): mounts stacked on it
             // are other filesystems, restored by other means.
-            "mkdir -p /dev/shm/d && touch /dev/shm/d/f; \
+            "mkdir -p /dev/shm/d && printf segment > /dev/shm/d/f && chmod 640 /dev/shm/d/f; \
              for m in $(awk '$3 == \"tmpfs\" {print $2}' /proc/mounts); do \
                [ -d $m ] || continue; d=$(stat -c %d $m); \
-               find $m -xdev -exec stat -c '%d %n %a %u:%g %F %t:%T %s' {} + \
+               find $m -xdev -exec stat -c '%d %n %a %u:%g %F %t:%T %s %Y' {} + \
                  | awk -v d=$d '$1 == d' | cut -d' ' -f2-; \
-             done | sort",
+             done | sort; cat /dev/shm/d/f",
         ])
         .ok();
         out.stdout
