@@ -11,7 +11,7 @@ HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
 # the dynamic loader, 0.2 ms a start (its own target dir keeps the flags apart).
 CRIU_TAR := target/$(HOST_TRIPLE)/release/lightwhale-criu-tar
 
-.PHONY: all build deps install images test test-unit lint demo bench clean uninstall
+.PHONY: all build deps bench-deps install images test test-unit lint demo bench clean uninstall
 
 all: build
 
@@ -48,9 +48,12 @@ test-unit:
 test: deps install images
 	bash scripts/run-tests.sh
 
-# Measurements, side by side in one run (QUICK=1: fewer samples, no 256 MiB case).
-bench: deps install images
-	python3 bench/measure.py $(if $(QUICK),--quick)
+# Measurements, side by side in one run (QUICK=1: fewer samples, no 1 GiB case, N=10).
+bench-deps:
+	bash scripts/install-deps.sh --bench
+
+bench: bench-deps install images
+	/usr/bin/python3 bench/measure.py $(if $(QUICK),--quick)
 
 demo: deps install images
 	bash scripts/demo.sh

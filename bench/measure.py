@@ -1,20 +1,27 @@
 #!/usr/bin/env python3
-"""lightwhale measurements, each compared side by side in one run.
+"""lightwhale benchmarks: every comparison side by side, in one run, on the real stack.
 
-  cold start   docker run -> first HTTP byte, under runc and under lightwhale
-  sleep        checkpoint time (the shim's own measure), lightwhale
-  wake         connection to a sleeping container -> first byte (client side)
-  awake        request latency of an awake container (the floor a wake is added to)
-  shim RSS     lightwhale's shim vs containerd's Go runc shim, same container, awake/asleep
-  run --rm     `docker run --rm IMAGE true`, both runtimes
+  1. latency     wake (eager, lazy) vs cold start (`docker run` to first byte, `docker start`
+                 of a stopped container) vs an awake container's request, small service
+  2. memory      wake latency and sleep time vs touched memory (16 MiB, 256 MiB, 1 GiB),
+                 eager and lazy, against a cold start of the same service
+  3. shim        memory of the shim per container: lightwhale vs containerd's Go runc shim
+  4. density     N containers of 100 MiB put to sleep: host memory before and after
+  5. throughput  awake requests/s under lightwhale vs runc (wrk)
 
-Usage: bench/measure.py [--quick] [--json PATH]. Needs the stack `make deps install images`
-sets up. Prints a markdown table; writes JSON (default bench/results/latest.json).
+Every request made is checked (status line, and the counter service's state: a wake that
+forgot its count is a failed request); `failed_requests` counts them over the whole run.
+
+Usage: bench/measure.py [--quick] [--json PATH]. Needs what `make deps install images`
+sets up (`make bench` does that). Prints markdown tables; writes bench/results/latest.json
+and bench/results/wake-vs-memory.png.
 """
 
 import json
 import os
 import platform
+import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -23,212 +30,562 @@ import time
 
 DOCKER = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker"
 HERE = os.path.dirname(os.path.abspath(__file__))
-COUNTER = open(os.path.join(HERE, "..", "examples", "counter.py")).read()
-SERVICES = {
-    "busybox": (["lightwhale-test/busybox:latest", "httpd", "-f", "-p", "8080", "-h", "/www"], []),
-    "python": (["lightwhale-test/python:latest", "python3", "-c", COUNTER], []),
-    "python-256m": (["lightwhale-test/python:latest", "python3", "-c", COUNTER], ["-e", "MEMORY_MIB=256"]),
-}
+RESULTS = os.path.join(HERE, "results")
+with open(os.path.join(HERE, "..", "examples", "counter.py")) as _f:
+    COUNTER = _f.read()
+BUSYBOX = ["lightwhale-test/busybox:latest", "httpd", "-f", "-p", "8080", "-h", "/www"]
+PYTHON = ["lightwhale-test/python:latest", "python3", "-c", COUNTER]
+STATUS_DIR = "/run/lightwhale/containers/moby"
+PREFIX = "lwbench-"
+FAILED = []  # (what, detail) of every request that did not get the right answer
 
 
-def sh(*args, check=True):
-    r = subprocess.run(args, capture_output=True, text=True)
+def log(msg):
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def sh(*args, check=True, timeout=300):
+    r = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
     if check and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip()}")
+        raise RuntimeError(f"{' '.join(args[:4])}...: {r.stderr.strip() or r.stdout.strip()}")
     return r.stdout.strip()
 
 
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def first_byte(port, timeout=30.0):
-    """Seconds from connect to the first response byte of GET /, or None."""
+def request(host, port, timeout=30.0):
+    """(seconds from connect to the first response byte, body) of GET /, or None."""
     t0 = time.perf_counter()
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        with socket.create_connection((host, port), timeout=timeout) as s:
             s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
-            if not s.recv(1):
+            first = s.recv(65536)
+            if not first:
                 return None
             dt = time.perf_counter() - t0
-            while s.recv(65536):
-                pass
-            return dt
+            data = first
+            while True:
+                more = s.recv(65536)
+                if not more:
+                    break
+                data += more
     except OSError:
         return None
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.") or b" 200 " not in head.split(b"\r\n")[0]:
+        return None
+    return dt, body.decode(errors="replace").strip()
 
 
-def wait_serving(port, deadline_s=60):
+def checked(what, host, port, expect=None):
+    """A request that must succeed (and return `expect`, if given): milliseconds."""
+    r = request(host, port)
+    if r is None:
+        FAILED.append((what, "no answer"))
+        return None
+    if expect is not None and r[1] != str(expect):
+        FAILED.append((what, f"answered {r[1]!r}, expected {expect!r}: state lost"))
+        return None
+    return r[0] * 1000
+
+
+def wait_serving(host, port, deadline_s=120):
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < deadline_s:
-        if first_byte(port, timeout=2) is not None:
-            return time.perf_counter() - t0
-        time.sleep(0.005)
-    raise RuntimeError(f"port {port} never served")
+        if request(host, port, timeout=2) is not None:
+            return (time.perf_counter() - t0) * 1000
+        time.sleep(0.002)
+    raise RuntimeError(f"{host}:{port} never served")
 
 
-def run_container(runtime, service, name, port, annotations=()):
-    args, extra = SERVICES[service]
-    cmd = [DOCKER, "run", "-d", "--name", name, "--runtime", runtime, "-p", f"127.0.0.1:{port}:8080", *extra]
+def run(runtime, name, image_cmd, publish=None, env=(), annotations=()):
+    cmd = [DOCKER, "run", "-d", "--name", name, "--runtime", runtime]
+    if publish:
+        cmd += ["-p", f"127.0.0.1:{publish}:8080"]
+    for e in env:
+        cmd += ["-e", e]
     for a in annotations:
         cmd += ["--annotation", a]
-    return sh(*cmd, *args)
+    return sh(*cmd, *image_cmd)
 
 
-def rm(name):
-    sh(DOCKER, "rm", "-f", name, check=False)
+def rm(*names):
+    if names:
+        sh(DOCKER, "rm", "-f", *names, check=False)
 
 
-def cold_start(runtime, service, n):
-    out = []
-    for i in range(n):
-        name, port = f"lwbench-cold-{runtime}-{service}-{i}", free_port()
-        rm(name)
-        t0 = time.perf_counter()
-        run_container(runtime, service, name, port, ["lightwhale.io/sleep=off"] if runtime == "lightwhale" else [])
-        wait_serving(port)
-        out.append((time.perf_counter() - t0) * 1000)
-        rm(name)
-    return out
+def container_ip(name):
+    return sh(DOCKER, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name)
 
 
 def status(cid):
-    with open(f"/run/lightwhale/containers/moby/{cid}.json") as f:
+    with open(f"{STATUS_DIR}/{cid}.json") as f:
         return json.load(f)
 
 
-def shim_rss_kib(cid):
-    for pid in sh("pgrep", "-f", "containerd-shim", check=False).split():
+def lw_sleep(cid):
+    r = subprocess.run(["lightwhale", "sleep", cid], capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise RuntimeError(f"lightwhale sleep {cid[:12]}: {r.stderr.strip()}")
+    return status(cid)
+
+
+def wait_fill(cid, deadline_s=60):
+    """Waits until a lazy wake's background fill has finished (or failed)."""
+    t0 = time.time()
+    while time.time() - t0 < deadline_s:
+        p = status(cid).get("last_wake_phases") or {}
+        if not p.get("lazy") or p.get("fill_ms") is not None or p.get("fallback"):
+            return p
+        time.sleep(0.02)
+    raise RuntimeError(f"{cid[:12]}: lazy fill did not finish in {deadline_s} s")
+
+
+def shim_pid(cid):
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
         try:
-            cmdline = open(f"/proc/{pid}/cmdline").read()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
         except OSError:
             continue
-        if f"-id\0{cid}" in cmdline:
-            for line in open(f"/proc/{pid}/status"):
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
+        if argv and b"containerd-shim" in argv[0] and cid.encode() in argv:
+            return int(pid)
     return None
 
 
-def sleep_wake(service, n):
-    name, port = f"lwbench-sw-{service}", free_port()
-    rm(name)
-    cid = run_container("lightwhale", service, name, port, ["lightwhale.io/idle-timeout=10m"])
-    wait_serving(port)
-    awake = [first_byte(port) * 1000 for _ in range(n)]
-    rss_awake = shim_rss_kib(cid)
-    sleeps, wakes, freed, rss_asleep, failed = [], [], [], None, 0
-    for _ in range(n):
-        r = subprocess.run(["lightwhale", "sleep", cid], capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError(f"lightwhale sleep: {r.stderr.strip()}")
-        st = status(cid)
-        sleeps.append(st["last_sleep_ms"])
-        freed.append(st.get("memory_freed_bytes") or 0)
-        if rss_asleep is None:
-            time.sleep(0.2)
-            rss_asleep = shim_rss_kib(cid)
-        fb = first_byte(port)
-        if fb is None:
-            failed += 1
-        else:
-            wakes.append(fb * 1000)
-        time.sleep(0.05)
-    rm(name)
-    return dict(awake=awake, sleeps=sleeps, wakes=wakes, freed=freed, failed=failed,
-                rss_awake=rss_awake, rss_asleep=rss_asleep)
+def proc_mem_kib(pid):
+    """Rss, Pss and private (Private_Clean + Private_Dirty) KiB, from smaps_rollup."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in ("Rss", "Pss", "Private_Clean", "Private_Dirty", "Anonymous"):
+                    out[k] = int(v.split()[0])
+    except OSError:
+        return None
+    return {"rss": out.get("Rss"), "pss": out.get("Pss"), "anon": out.get("Anonymous"),
+            "private": out.get("Private_Clean", 0) + out.get("Private_Dirty", 0)}
 
 
-def runc_shim_rss(service):
-    name, port = f"lwbench-rss-runc-{service}", free_port()
-    rm(name)
-    cid = run_container("runc", service, name, port)
-    wait_serving(port)
-    time.sleep(0.3)
-    rss = shim_rss_kib(cid)
-    rm(name)
-    return rss
-
-
-def run_rm(runtime, n):
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        sh(DOCKER, "run", "--rm", "--runtime", runtime, "lightwhale-test/busybox:latest", "true")
-        out.append((time.perf_counter() - t0) * 1000)
+def meminfo_kib():
+    out = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            out[k] = int(v.split()[0])
     return out
 
 
 def pct(xs, p):
-    xs = sorted(xs)
+    xs = sorted(x for x in xs if x is not None)
     if not xs:
         return None
     k = min(len(xs) - 1, max(0, round(p / 100 * (len(xs) - 1))))
     return xs[k]
 
 
-def fmt(x):
-    return "-" if x is None else f"{x:.0f}"
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def fmt(x, digits=0):
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+# --- 1. latency ----------------------------------------------------------------------
+def cold_docker_run(runtime, image_cmd, n, env=()):
+    out = []
+    for i in range(n):
+        name, port = f"{PREFIX}cold-{runtime}-{i}", free_port()
+        rm(name)
+        ann = ["lightwhale.io/sleep=off"] if runtime == "lightwhale" else []
+        t0 = time.perf_counter()
+        run(runtime, name, image_cmd, publish=port, env=env, annotations=ann)
+        wait_serving("127.0.0.1", port)
+        out.append((time.perf_counter() - t0) * 1000)
+        rm(name)
+    return out
+
+
+def cold_docker_start(runtime, image_cmd, n):
+    name, port = f"{PREFIX}start-{runtime}", free_port()
+    rm(name)
+    ann = ["lightwhale.io/sleep=off"] if runtime == "lightwhale" else []
+    run(runtime, name, image_cmd, publish=port, annotations=ann)
+    wait_serving("127.0.0.1", port)
+    out = []
+    for _ in range(n):
+        sh(DOCKER, "kill", name)
+        sh(DOCKER, "wait", name, check=False)
+        t0 = time.perf_counter()
+        sh(DOCKER, "start", name)
+        wait_serving("127.0.0.1", port)
+        out.append((time.perf_counter() - t0) * 1000)
+    rm(name)
+    return out
+
+
+def sleep_wake_cycles(name, image_cmd, n, lazy, env=(), counter=False, awake_n=0):
+    """Sleeps and wakes one container n times; a wake is the client's connect-to-first-byte."""
+    port = free_port()
+    rm(name)
+    cid = run("lightwhale", name, image_cmd, publish=port, env=env,
+              annotations=["lightwhale.io/idle-timeout=1h", f"lightwhale.io/lazy-pages={lazy}"])
+    wait_serving("127.0.0.1", port, deadline_s=300)
+    expect = 1 if counter else None
+    awake = []
+    for _ in range(awake_n):
+        expect = expect + 1 if counter else None
+        awake.append(checked(f"{name} awake", "127.0.0.1", port, expect))
+    res = {"sleep_ms": [], "wake_ms": [], "phases": [], "pages_bytes": None, "memory_freed_bytes": None}
+    for _ in range(n):
+        st = lw_sleep(cid)
+        res["sleep_ms"].append(st["last_sleep_ms"])
+        res["pages_bytes"] = st.get("pages_bytes")
+        res["memory_freed_bytes"] = st.get("memory_freed_bytes")
+        time.sleep(0.2)
+        expect = expect + 1 if counter else None
+        res["wake_ms"].append(checked(f"{name} wake", "127.0.0.1", port, expect))
+        res["phases"].append(wait_fill(cid))
+        time.sleep(0.05)
+    res["awake_ms"] = awake
+    res["cid"] = cid
+    return res
+
+
+def phase_medians(phases):
+    keys = ["queued_ms", "lazy_daemon_ms", "runc_restore_ms", "criu_restore_ms", "total_ms", "fill_ms"]
+    out = {k: med([p.get(k) for p in phases]) for k in keys}
+    out["fallbacks"] = sum(1 for p in phases if p.get("fallback"))
+    out["lazy"] = sum(1 for p in phases if p.get("lazy"))
+    return out
+
+
+# --- 3. shim memory ------------------------------------------------------------------
+def shim_memory():
+    res = {}
+    for runtime in ("runc", "lightwhale"):
+        name = f"{PREFIX}shim-{runtime}"
+        rm(name)
+        ann = ["lightwhale.io/idle-timeout=1h"] if runtime == "lightwhale" else []
+        port = free_port()
+        cid = run(runtime, name, BUSYBOX, publish=port, annotations=ann)
+        wait_serving("127.0.0.1", port)
+        for _ in range(20):
+            checked(f"{name} awake", "127.0.0.1", port)
+        time.sleep(0.5)
+        res[f"{runtime}_awake"] = proc_mem_kib(shim_pid(cid))
+        if runtime == "lightwhale":
+            lw_sleep(cid)
+            time.sleep(1.0)
+            res["lightwhale_asleep"] = proc_mem_kib(shim_pid(cid))
+            checked(f"{name} wake", "127.0.0.1", port)
+            time.sleep(0.5)
+            res["lightwhale_after_wake"] = proc_mem_kib(shim_pid(cid))
+        rm(name)
+    return res
+
+
+# --- 4. density ----------------------------------------------------------------------
+def density(n, mib=100):
+    names = [f"{PREFIX}dense-{i}" for i in range(n)]
+    rm(*names)
+    time.sleep(1)
+    before = meminfo_kib()
+    cids, ips = [], []
+    for name in names:
+        cids.append(run("lightwhale", name, PYTHON, env=[f"MEMORY_MIB={mib}"],
+                        annotations=["lightwhale.io/idle-timeout=1h"]))
+    for name in names:
+        ips.append(container_ip(name))
+    for name, ip in zip(names, ips):
+        wait_serving(ip, 8080, deadline_s=300)  # count 1
+    time.sleep(2)
+    awake = meminfo_kib()
+    sleep_ms = []
+    for cid in cids:
+        sleep_ms.append(lw_sleep(cid)["last_sleep_ms"])
+    time.sleep(3)
+    asleep = meminfo_kib()
+    shims = [proc_mem_kib(shim_pid(cid)) for cid in cids]
+    images_kib = 0
+    for cid in cids:
+        d = status(cid)["config"]["image_dir"]
+        images_kib += int(sh("du", "-sk", d).split()[0])
+    wakes = [checked(f"{name} density wake", ip, 8080, expect=2) for name, ip in zip(names, ips)]
+    rm(*names)
+
+    def per(a, b):
+        return (a - b) / n / 1024
+
+    return {
+        "n": n, "memory_mib": mib,
+        "mem_available_before_mib": before["MemAvailable"] / 1024,
+        "mem_available_awake_mib": awake["MemAvailable"] / 1024,
+        "mem_available_asleep_mib": asleep["MemAvailable"] / 1024,
+        "per_container_awake_mib": per(before["MemAvailable"], awake["MemAvailable"]),
+        "per_container_asleep_mib": per(before["MemAvailable"], asleep["MemAvailable"]),
+        "per_container_asleep_memfree_mib": per(before["MemFree"], asleep["MemFree"]),
+        "shim_pss_per_container_kib": med([s["pss"] for s in shims if s]),
+        "shim_private_per_container_kib": med([s["private"] for s in shims if s]),
+        "images_per_container_mib": images_kib / n / 1024,
+        "sleep_ms_p50": med(sleep_ms),
+        "wake_ms_p50": med(wakes),
+        "woke_with_state": sum(1 for w in wakes if w is not None),
+    }
+
+
+# --- 5. throughput -------------------------------------------------------------------
+def wrk_rps(ip, seconds):
+    out = sh("wrk", "-t2", "-c16", f"-d{seconds}s", f"http://{ip}:8080/", timeout=seconds + 60)
+    rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    bad = (int(m.group(1)) if m else 0) + (sum(int(x) for x in errs.groups()) if errs else 0)
+    return rps, bad
+
+
+def throughput(seconds, rounds):
+    if not shutil.which("wrk"):
+        raise RuntimeError("wrk is not installed (scripts/install-deps.sh --bench installs it)")
+    res = {"runc": [], "lightwhale": []}
+    ips = {}
+    for runtime in res:
+        name = f"{PREFIX}tput-{runtime}"
+        rm(name)
+        ann = ["lightwhale.io/idle-timeout=1h"] if runtime == "lightwhale" else []
+        run(runtime, name, BUSYBOX, annotations=ann)
+        ips[runtime] = container_ip(name)
+        wait_serving(ips[runtime], 8080)
+    for _ in range(rounds):  # alternate, so drift on the host hits both alike
+        for runtime in res:
+            rps, bad = wrk_rps(ips[runtime], seconds)
+            res[runtime].append(rps)
+            for _ in range(bad):
+                FAILED.append((f"wrk {runtime}", "non-2xx or socket error"))
+    rm(f"{PREFIX}tput-runc", f"{PREFIX}tput-lightwhale")
+    return res
+
+
+# --- plot ----------------------------------------------------------------------------
+def plot(sweep, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib missing (scripts/install-deps.sh --bench installs it): no plot")
+        return None
+    sizes = sorted(int(k) for k in sweep)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    series = [("wake, eager", "eager_wake_p50_ms", "o-"), ("wake, lazy pages", "lazy_wake_p50_ms", "s-"),
+              ("cold start (docker run, runc)", "cold_start_p50_ms", "k--"),
+              ("sleep (checkpoint)", "eager_sleep_p50_ms", "^:")]
+    for label, key, style in series:
+        ys = [sweep[str(s)][key] for s in sizes]
+        ax.plot(sizes, ys, style, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes)
+    ax.set_xticklabels([f"{s} MiB" if s < 1024 else f"{s // 1024} GiB" for s in sizes])
+    ax.set_xlabel("touched memory of the service")
+    ax.set_ylabel("milliseconds (p50)")
+    ax.set_title("lightwhale: wake to first byte vs memory")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def versions():
+    def first_line(*cmd):
+        try:
+            return sh(*cmd).splitlines()[0]
+        except Exception as e:  # noqa: BLE001 - a version string is best effort
+            return f"unknown ({e})"
+
+    osr = {}
+    with open("/etc/os-release") as f:
+        for line in f:
+            k, _, v = line.strip().partition("=")
+            osr[k] = v.strip('"')
+    return {
+        "host": f"{platform.node()} ({osr.get('PRETTY_NAME', '?')}, {os.cpu_count()} CPUs, "
+                f"{meminfo_kib()['MemTotal'] // 1024} MiB)",
+        "kernel": platform.release(),
+        "criu": first_line("criu", "--version").split()[-1],
+        "runc": first_line("runc", "--version").split()[-1],
+        "containerd": first_line("containerd", "--version").split()[2],
+        "docker": sh(DOCKER, "version", "--format", "{{.Server.Version}}"),
+    }
 
 
 def main():
     quick = "--quick" in sys.argv
-    out_path = os.path.join(HERE, "results", "latest.json")
+    out_path = os.path.join(RESULTS, "latest.json")
     if "--json" in sys.argv:
         out_path = sys.argv[sys.argv.index("--json") + 1]
-    n = 10 if quick else 30
-    services = ["busybox", "python"] if quick else ["busybox", "python", "python-256m"]
-    res = {
-        "host": platform.node(),
-        "kernel": platform.release(),
-        "criu": sh("criu", "--version").splitlines()[0].split()[-1],
-        "runc": sh("runc", "--version").splitlines()[0].split()[-1],
-        "samples": n,
-        "services": {},
+    os.makedirs(RESULTS, exist_ok=True)
+    t_start = time.time()
+    n_small = 20 if quick else 50
+    n_cold = 4 if quick else 8
+    sizes = {16: 8, 256: 5} if quick else {16: 20, 256: 12, 1024: 8}
+    n_dense = 10 if quick else 100
+    leftovers = sh(DOCKER, "ps", "-aq", "--filter", f"name={PREFIX}").split()
+    if leftovers:
+        rm(*leftovers)
+    res = {"quick": quick, **versions()}
+    log(f"{res['host']}, kernel {res['kernel']}, CRIU {res['criu']}, runc {res['runc']}")
+
+    # 1. latency, small service
+    log("1/5 latency: cold start, docker start, wake eager/lazy, awake (busybox httpd)")
+    lat = {
+        "cold_docker_run_runc_ms": cold_docker_run("runc", BUSYBOX, n_cold),
+        "cold_docker_run_lightwhale_ms": cold_docker_run("lightwhale", BUSYBOX, n_cold),
+        "docker_start_runc_ms": cold_docker_start("runc", BUSYBOX, n_cold),
+        "docker_start_lightwhale_ms": cold_docker_start("lightwhale", BUSYBOX, n_cold),
     }
-    rows = []
-    for svc in services:
-        cold_runc = cold_start("runc", svc, max(5, n // 3))
-        cold_lw = cold_start("lightwhale", svc, max(5, n // 3))
-        sw = sleep_wake(svc, n)
-        rss_runc = runc_shim_rss(svc)
-        res["services"][svc] = {
-            "cold_start_runc_ms": cold_runc, "cold_start_lightwhale_ms": cold_lw,
-            "sleep_ms": sw["sleeps"], "wake_first_byte_ms": sw["wakes"], "awake_first_byte_ms": sw["awake"],
-            "memory_freed_bytes": sw["freed"], "failed_requests": sw["failed"],
-            "shim_rss_kib_awake": sw["rss_awake"], "shim_rss_kib_asleep": sw["rss_asleep"], "runc_shim_rss_kib": rss_runc,
-        }
-        rows.append((svc, cold_runc, cold_lw, sw, rss_runc))
-    rr_runc, rr_lw = run_rm("runc", max(5, n // 3)), run_rm("lightwhale", max(5, n // 3))
-    res["docker_run_rm_ms"] = {"runc": rr_runc, "lightwhale": rr_lw}
-    b = res["services"]["busybox"]
-    res.update({
-        "wake_small_p50_ms": pct(b["wake_first_byte_ms"], 50), "wake_small_p99_ms": pct(b["wake_first_byte_ms"], 99),
-        "sleep_small_p50_ms": pct(b["sleep_ms"], 50), "cold_start_small_p50_ms": pct(b["cold_start_runc_ms"], 50),
-        "shim_rss_kib": b["shim_rss_kib_awake"], "runc_shim_rss_kib": b["runc_shim_rss_kib"],
-        "failed_requests": sum(s["failed_requests"] for s in res["services"].values()),
+    auto = sleep_wake_cycles(f"{PREFIX}small-auto", BUSYBOX, n_small, "auto", awake_n=n_small)
+    lazy = sleep_wake_cycles(f"{PREFIX}small-lazy", BUSYBOX, max(8, n_small // 2), "on")
+    rm(f"{PREFIX}small-auto", f"{PREFIX}small-lazy")
+    lat.update({
+        "wake_ms": auto["wake_ms"], "wake_lazy_ms": lazy["wake_ms"], "sleep_ms": auto["sleep_ms"],
+        "awake_ms": auto["awake_ms"], "phases": phase_medians(auto["phases"]),
+        "phases_lazy": phase_medians(lazy["phases"]), "pages_bytes": auto["pages_bytes"],
     })
-    if "python-256m" in res["services"]:
-        res["wake_256m_eager_p50_ms"] = pct(res["services"]["python-256m"]["wake_first_byte_ms"], 50)
-    os.makedirs(os.path.dirname(out_path), exist_ok=True)
+    res["latency"] = lat
+
+    # 2. memory sweep
+    sweep = {}
+    for mib, n in sizes.items():
+        log(f"2/5 memory: {mib} MiB, {n} cycles eager and lazy, cold start")
+        env = [f"MEMORY_MIB={mib}"]
+        cold = cold_docker_run("runc", PYTHON, max(2, n_cold // 2), env=env)
+        eager = sleep_wake_cycles(f"{PREFIX}mem{mib}-eager", PYTHON, n, "off", env=env, counter=True, awake_n=5)
+        rm(f"{PREFIX}mem{mib}-eager")
+        lz = sleep_wake_cycles(f"{PREFIX}mem{mib}-lazy", PYTHON, n, "on", env=env, counter=True)
+        rm(f"{PREFIX}mem{mib}-lazy")
+        sweep[str(mib)] = {
+            "samples": n, "pages_mib": (eager["pages_bytes"] or 0) / 1048576,
+            "cold_start_p50_ms": med(cold), "awake_p50_ms": med(eager["awake_ms"]),
+            "eager_wake_p50_ms": med(eager["wake_ms"]), "eager_wake_p99_ms": pct(eager["wake_ms"], 99),
+            "lazy_wake_p50_ms": med(lz["wake_ms"]), "lazy_wake_p99_ms": pct(lz["wake_ms"], 99),
+            "eager_sleep_p50_ms": med(eager["sleep_ms"]), "lazy_sleep_p50_ms": med(lz["sleep_ms"]),
+            "eager_phases": phase_medians(eager["phases"]), "lazy_phases": phase_medians(lz["phases"]),
+            "raw": {"cold": cold, "eager_wake": eager["wake_ms"], "lazy_wake": lz["wake_ms"],
+                    "eager_sleep": eager["sleep_ms"], "lazy_sleep": lz["sleep_ms"]},
+        }
+    res["memory"] = sweep
+
+    log("3/5 shim memory: lightwhale vs runc shim")
+    res["shim"] = shim_memory()
+    log(f"4/5 density: {n_dense} containers of 100 MiB")
+    res["density"] = density(n_dense)
+    log("5/5 throughput: wrk against busybox httpd, runc vs lightwhale")
+    res["throughput_rps"] = throughput(5 if quick else 10, 2 if quick else 3)
+
+    shim = res["shim"]
+    res.update({
+        "wake_small_p50_ms": med(lat["wake_ms"]), "wake_small_p99_ms": pct(lat["wake_ms"], 99),
+        "wake_small_lazy_p50_ms": med(lat["wake_lazy_ms"]),
+        "wake_256m_lazy_p50_ms": sweep["256"]["lazy_wake_p50_ms"],
+        "wake_256m_eager_p50_ms": sweep["256"]["eager_wake_p50_ms"],
+        "wake_1g_lazy_p50_ms": sweep.get("1024", {}).get("lazy_wake_p50_ms"),
+        "wake_1g_eager_p50_ms": sweep.get("1024", {}).get("eager_wake_p50_ms"),
+        "cold_start_small_p50_ms": med(lat["cold_docker_run_runc_ms"]),
+        "docker_start_small_p50_ms": med(lat["docker_start_runc_ms"]),
+        "sleep_small_p50_ms": med(lat["sleep_ms"]),
+        "awake_small_p50_ms": med(lat["awake_ms"]),
+        "shim_rss_kib": (shim.get("lightwhale_asleep") or {}).get("rss"),
+        "shim_rss_awake_kib": (shim.get("lightwhale_awake") or {}).get("rss"),
+        "runc_shim_rss_kib": (shim.get("runc_awake") or {}).get("rss"),
+        "host_cost_asleep_per_container_kib": round(res["density"]["per_container_asleep_mib"] * 1024),
+        "throughput_lightwhale_rps": med(res["throughput_rps"]["lightwhale"]),
+        "throughput_runc_rps": med(res["throughput_rps"]["runc"]),
+        "failed_requests": len(FAILED), "failures": FAILED[:50],
+        "duration_s": round(time.time() - t_start),
+    })
+    res["plot"] = plot(sweep, os.path.join(RESULTS, "wake-vs-memory.png"))
     with open(out_path, "w") as f:
         json.dump(res, f, indent=1)
+    print_tables(res)
+    print(f"\nJSON: {out_path}" + (f"; plot: {res['plot']}" if res["plot"] else ""))
+    return 1 if FAILED else 0
 
-    print(f"host {res['host']}, kernel {res['kernel']}, CRIU {res['criu']}, runc {res['runc']}, {n} samples\n")
-    print("| service | cold start runc p50 | cold start lightwhale p50 | sleep p50 / p99 | wake to first byte p50 / p99 | awake request p50 | memory freed | shim RSS awake / asleep | runc shim RSS | failed |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for svc, cr, cl, sw, rss_runc in rows:
-        print(f"| {svc} | {fmt(pct(cr, 50))} ms | {fmt(pct(cl, 50))} ms | {fmt(pct(sw['sleeps'], 50))} / {fmt(pct(sw['sleeps'], 99))} ms"
-              f" | {fmt(pct(sw['wakes'], 50))} / {fmt(pct(sw['wakes'], 99))} ms | {pct(sw['awake'], 50):.1f} ms"
-              f" | {statistics.median(sw['freed']) / 1048576:.1f} MiB | {sw['rss_awake']} / {sw['rss_asleep']} KiB | {rss_runc} KiB | {sw['failed']} |")
-    print(f"\n`docker run --rm busybox true`: runc p50 {fmt(pct(rr_runc, 50))} ms, lightwhale p50 {fmt(pct(rr_lw, 50))} ms")
-    print(f"\nJSON: {out_path}")
-    return 1 if res["failed_requests"] else 0
+
+def print_tables(r):
+    lat, sweep, shim, d, tp = r["latency"], r["memory"], r["shim"], r["density"], r["throughput_rps"]
+    print(f"lightwhale benchmarks{' (QUICK)' if r['quick'] else ''}: {r['host']}, kernel {r['kernel']}, "
+          f"CRIU {r['criu']}, runc {r['runc']}, containerd {r['containerd']}, docker {r['docker']}; "
+          f"{r['duration_s']} s\n")
+    print("### 1. Small service (busybox httpd): wake vs cold start vs awake, ms\n")
+    print("| | p50 | p99 | samples |\n|---|---|---|---|")
+    rows = [("cold start, `docker run` to first byte (runc)", lat["cold_docker_run_runc_ms"]),
+            ("cold start, `docker run` to first byte (lightwhale, sleep off)", lat["cold_docker_run_lightwhale_ms"]),
+            ("`docker start` of a stopped container (runc)", lat["docker_start_runc_ms"]),
+            ("`docker start` of a stopped container (lightwhale)", lat["docker_start_lightwhale_ms"]),
+            ("**wake to first byte, default (eager)**", lat["wake_ms"]),
+            ("wake to first byte, lazy pages forced", lat["wake_lazy_ms"]),
+            ("awake request (connect to first byte)", lat["awake_ms"]),
+            ("sleep (checkpoint, the shim's measure)", lat["sleep_ms"])]
+    for label, xs in rows:
+        digits = 2 if label.startswith("awake") else 0
+        print(f"| {label} | {fmt(pct(xs, 50), digits)} | {fmt(pct(xs, 99), digits)} | {len(xs)} |")
+    p = lat["phases"]
+    print(f"\nWake phases (p50, eager, from the connection seen): runc restore {fmt(p['runc_restore_ms'], 1)} ms, "
+          f"of which CRIU {fmt(p['criu_restore_ms'], 1)} ms; handed to the task at {fmt(p['total_ms'], 1)} ms. "
+          f"Lazy: daemon start {fmt(lat['phases_lazy']['lazy_daemon_ms'], 1)} ms, runc "
+          f"{fmt(lat['phases_lazy']['runc_restore_ms'], 1)} ms, fill {fmt(lat['phases_lazy']['fill_ms'], 1)} ms.")
+
+    print("\n### 2. Wake and sleep vs touched memory (python service), p50 ms\n")
+    print("| touched memory | checkpoint pages | cold start (runc) | wake eager | wake lazy | lazy: runc / CRIU / fill | "
+          "sleep eager | awake request |")
+    print("|---|---|---|---|---|---|---|---|")
+    for k in sorted(sweep, key=int):
+        s = sweep[k]
+        lp = s["lazy_phases"]
+        print(f"| {k} MiB | {s['pages_mib']:.0f} MiB | {fmt(s['cold_start_p50_ms'])} | {fmt(s['eager_wake_p50_ms'])} "
+              f"(p99 {fmt(s['eager_wake_p99_ms'])}) | {fmt(s['lazy_wake_p50_ms'])} (p99 {fmt(s['lazy_wake_p99_ms'])}) | "
+              f"{fmt(lp['runc_restore_ms'])} / {fmt(lp['criu_restore_ms'])} / {fmt(lp['fill_ms'])} | "
+              f"{fmt(s['eager_sleep_p50_ms'])} | {fmt(s['awake_p50_ms'], 2)} |")
+
+    print("\n### 3. Shim memory per container, KiB (RSS / PSS / private)\n")
+    print("| shim | RSS | PSS | private |\n|---|---|---|---|")
+    for label, key in [("containerd-shim-runc-v2, awake", "runc_awake"), ("lightwhale, awake", "lightwhale_awake"),
+                       ("lightwhale, asleep", "lightwhale_asleep"), ("lightwhale, after a wake", "lightwhale_after_wake")]:
+        m = shim.get(key) or {}
+        print(f"| {label} | {m.get('rss', '-')} | {m.get('pss', '-')} | {m.get('private', '-')} |")
+
+    print(f"\n### 4. Density: {d['n']} containers of {d['memory_mib']} MiB\n")
+    print("| | host MemAvailable | per container |\n|---|---|---|")
+    print(f"| before | {d['mem_available_before_mib']:.0f} MiB | |")
+    print(f"| all awake | {d['mem_available_awake_mib']:.0f} MiB | {d['per_container_awake_mib']:.1f} MiB |")
+    print(f"| all asleep | {d['mem_available_asleep_mib']:.0f} MiB | **{d['per_container_asleep_mib']:.1f} MiB** |")
+    print(f"\nAsleep, per container: shim PSS {d['shim_pss_per_container_kib']} KiB (private "
+          f"{d['shim_private_per_container_kib']} KiB); checkpoint images {d['images_per_container_mib']:.0f} MiB on disk; "
+          f"MemFree drop {d['per_container_asleep_memfree_mib']:.1f} MiB (page cache of the images included). "
+          f"Sleep p50 {fmt(d['sleep_ms_p50'])} ms; {d['woke_with_state']}/{d['n']} woke with their state "
+          f"(p50 {fmt(d['wake_ms_p50'])} ms).")
+
+    print("\n### 5. Awake throughput (wrk, 2 threads, 16 connections, busybox httpd), requests/s\n")
+    print("| runtime | p50 of rounds | rounds |\n|---|---|---|")
+    for rt in ("runc", "lightwhale"):
+        print(f"| {rt} | {fmt(med(tp[rt]))} | {', '.join(fmt(x) for x in tp[rt])} |")
+    print(f"\nfailed requests over the whole run: {r['failed_requests']}")
+    for what, why in r["failures"]:
+        print(f"  - {what}: {why}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)

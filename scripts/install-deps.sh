@@ -5,7 +5,15 @@
 #   - CRIU >= 4.2 (built from Debian unstable's source when the host's is older or fails)
 #   - containerd >= 1.7 and Docker >= 23 (Debian 13's packages on Debian 12)
 #   - containerd and dockerd running, the lightwhale runtime registered in both
+#   --bench: also what bench/measure.py uses (wrk, python3-matplotlib for the plot)
 set -euo pipefail
+bench=0
+for arg in "$@"; do
+  case $arg in
+    --bench) bench=1 ;;
+    *) printf '[install-deps] ERROR: unknown argument %s (known: --bench)\n' "$arg" >&2; exit 2 ;;
+  esac
+done
 
 log() { printf '[install-deps] %s\n' "$*"; }
 die() { printf '[install-deps] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -39,6 +47,7 @@ ver_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -1)" = "$2" ]; }
 # --- base packages -------------------------------------------------------------------
 need_pkgs ca-certificates curl jq iproute2 iptables runc busybox-static xz-utils procps bsdutils \
   python3 python3.11 dpkg-dev
+[ $bench = 1 ] && need_pkgs wrk python3-matplotlib
 
 # --- CRIU ----------------------------------------------------------------------------
 criu_ok() {
