@@ -323,6 +323,21 @@ def density(n, mib=100):
     wakes = [checked(f"{name} density wake", ip, 8080, expect=2) for name, ip in zip(names, ips)]
     rm(*names)
 
+    # Baseline: what the smallest container costs under the default runtime (busybox
+    # httpd, awake), and how much of that is the runc shim: the rest is Docker's own
+    # per-container cost (network namespace, veth, daemons' state), the same for both.
+    base = [f"{PREFIX}dense-runc-{i}" for i in range(n)]
+    rm(*base)
+    time.sleep(2)
+    b0 = meminfo_kib()
+    bcids = [run("runc", name, BUSYBOX) for name in base]
+    for name in base:
+        wait_serving(container_ip(name), 8080)
+    time.sleep(2)
+    b1 = meminfo_kib()
+    runc_shims = [proc_mem_kib(shim_pid(cid)) for cid in bcids]
+    rm(*base)
+
     def per(a, b):
         return (a - b) / n / 1024
 
@@ -337,6 +352,8 @@ def density(n, mib=100):
         "shim_pss_per_container_kib": med([s["pss"] for s in shims if s]),
         "shim_private_per_container_kib": med([s["private"] for s in shims if s]),
         "images_per_container_mib": images_kib / n / 1024,
+        "runc_busybox_per_container_mib": per(b0["MemAvailable"], b1["MemAvailable"]),
+        "runc_shim_pss_per_container_kib": med([s["pss"] for s in runc_shims if s]),
         "sleep_ms_p50": med(sleep_ms),
         "wake_ms_p50": med(wakes),
         "woke_with_state": sum(1 for w in wakes if w is not None),
@@ -569,6 +586,8 @@ def print_tables(r):
     print(f"| before | {d['mem_available_before_mib']:.0f} MiB | |")
     print(f"| all awake | {d['mem_available_awake_mib']:.0f} MiB | {d['per_container_awake_mib']:.1f} MiB |")
     print(f"| all asleep | {d['mem_available_asleep_mib']:.0f} MiB | **{d['per_container_asleep_mib']:.1f} MiB** |")
+    print(f"| baseline: {d['n']} busybox httpd under runc, awake | | {d['runc_busybox_per_container_mib']:.1f} MiB "
+          f"(runc shim PSS {d['runc_shim_pss_per_container_kib']} KiB) |")
     print(f"\nAsleep, per container: shim PSS {d['shim_pss_per_container_kib']} KiB (private "
           f"{d['shim_private_per_container_kib']} KiB); checkpoint images {d['images_per_container_mib']:.0f} MiB on disk; "
           f"MemFree drop {d['per_container_asleep_memfree_mib']:.1f} MiB (page cache of the images included). "

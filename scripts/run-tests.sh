@@ -7,5 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 threads=${LIGHTWHALE_TEST_THREADS:-6}
-cargo test --release --workspace --no-fail-fast -- --test-threads="$threads"
+# make test passes the build's target and flags, so the tests reuse `make install`'s build.
+target=()
+[ -n "${LIGHTWHALE_CARGO_TARGET:-}" ] && target=(--target "$LIGHTWHALE_CARGO_TARGET")
+RUSTFLAGS="${LIGHTWHALE_RUSTFLAGS:-${RUSTFLAGS:-}}" \
+  cargo test --release --workspace "${target[@]}" --no-fail-fast -- --test-threads="$threads"
 echo "make test: all tests took $(( $(date +%s) - start )) s"

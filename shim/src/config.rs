@@ -18,11 +18,12 @@ const PROFILE_DIRS: &[&str] = &[
 /// service between two requests of one user is not put to sleep, short enough to matter.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Above this much checkpointed memory, `lazy-pages=auto` restores post-copy. Below it an
-/// eager restore is as fast or faster: the daemon's start costs a few milliseconds, and
-/// reading the pages back is cheap while they are in the page cache (bench/ measures
-/// both at 16 MiB, 256 MiB and 1 GiB).
-pub const DEFAULT_LAZY_THRESHOLD: u64 = 128 << 20;
+/// Above this much checkpointed memory, `lazy-pages=auto` restores post-copy. Measured
+/// (bench/, docs/benchmarks.md): the daemon's start costs ~5 ms and an eager restore
+/// reads pages back at ~0.55 ms per MiB from the page cache, so the two meet near 30 MiB
+/// (28 MiB of pages: 68 ms eager, 69 ms lazy; 268 MiB: 206 ms eager, 77 ms lazy). Below
+/// it eager wins on simplicity: no daemon, no background fill that could fail.
+pub const DEFAULT_LAZY_THRESHOLD: u64 = 32 << 20;
 
 /// How a wake restores memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -247,7 +248,7 @@ pub fn criu_helpers_dir(node: &NodeConfig) -> Option<PathBuf> {
 
 pub fn profile_dirs() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = PROFILE_DIRS.iter().map(PathBuf::from).collect();
-    // Next to the binary (target/release/../../criu-profiles in a checkout).
+    // Under the binary's own prefix (<prefix>/bin/../share), for a non-default PREFIX.
     if let Ok(exe) = std::env::current_exe() {
         if let Some(share) = exe
             .parent()
