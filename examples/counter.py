@@ -2,7 +2,8 @@
 
 Used by lightwhale's tests and benchmarks to prove that a container woken from sleep
 kept its memory: the counter never resets. MEMORY_MIB allocates and touches that much
-memory (the state a real service would hold); PORT sets the port (default 8080).
+memory (the state a real service would hold); PORT sets the port (default 8080);
+KEEPALIVE=1 keeps HTTP/1.1 connections open (the throughput benchmark).
 GET /digest returns the SHA-256 of that memory: equal before a sleep and after a wake
 means every page came back intact.
 """
@@ -39,6 +40,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+if os.environ.get("KEEPALIVE") == "1":
+    Handler.protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: with Nagle on, the body waits for the
+    # client's delayed ACK (40 ms) on every request of a kept-alive connection.
+    Handler.disable_nagle_algorithm = True
 
 
 class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
