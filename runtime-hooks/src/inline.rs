@@ -428,23 +428,25 @@ mod tests {
 
     #[test]
     fn an_entry_under_a_symlink_declines() {
+        let header = |kind, mode| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_size(0);
+            h.set_mode(mode);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h
+        };
         let mut b = tar::Builder::new(Vec::new());
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_size(0);
-        h.set_mode(0o777);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        b.append_link(&mut h, "l", "/etc").expect("link");
-        let mut d = tar::Header::new_gnu();
-        d.set_entry_type(tar::EntryType::Directory);
-        d.set_size(0);
-        d.set_mode(0o755);
-        d.set_uid(0);
-        d.set_gid(0);
-        d.set_mtime(0);
-        b.append_data(&mut d, "l/x", std::io::empty()).expect("dir");
+        b.append_link(&mut header(tar::EntryType::Symlink, 0o777), "l", "/etc")
+            .expect("link");
+        b.append_data(
+            &mut header(tar::EntryType::Directory, 0o755),
+            "l/x",
+            std::io::empty(),
+        )
+        .expect("dir");
         let raw = b.into_inner().expect("tar");
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, &raw).expect("gzip");

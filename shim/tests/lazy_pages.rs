@@ -14,29 +14,14 @@ fn run_counter(name: &str, port: u16, lazy: &str) -> String {
     let publish = format!("127.0.0.1:{port}:8080");
     let lazy = format!("lightwhale.io/lazy-pages={lazy}");
     let mem = format!("MEMORY_MIB={BALLAST_MIB}");
-    docker(&[
-        "run",
-        "-d",
-        "--name",
+    let script = counter_script();
+    run_lw(
         name,
-        "--runtime",
-        LIGHTWHALE,
-        "--annotation",
-        "lightwhale.io/idle-timeout=10m",
-        "--annotation",
-        &lazy,
-        "-e",
-        &mem,
-        "-p",
-        &publish,
-        PY_IMAGE,
-        "python3",
-        "-c",
-        &counter_script(),
-    ])
-    .ok()
-    .trimmed()
-    .to_string()
+        "10m",
+        Some(&publish),
+        &["--annotation", &lazy, "-e", &mem],
+        &[PY_IMAGE, "python3", "-c", &script],
+    )
 }
 
 fn get(port: u16, path: &str) -> String {
@@ -175,28 +160,13 @@ fn tmpfs_contents_are_the_same_after_a_wake() {
     let _c = Cleanup(vec![name.clone()]);
     let port = free_port();
     let publish = format!("127.0.0.1:{port}:8080");
-    let id = docker(&[
-        "run",
-        "-d",
-        "--name",
+    let id = run_lw(
         &name,
-        "--runtime",
-        LIGHTWHALE,
-        "--annotation",
-        "lightwhale.io/idle-timeout=10m",
-        "-p",
-        &publish,
-        IMAGE,
-        "httpd",
-        "-f",
-        "-p",
-        "8080",
-        "-h",
-        "/www",
-    ])
-    .ok()
-    .trimmed()
-    .to_string();
+        "10m",
+        Some(&publish),
+        &[],
+        &[IMAGE, "httpd", "-f", "-p", "8080", "-h", "/www"],
+    );
     http_get(port);
     // A file with data on /dev/shm (unpacked in-process by the tar stand-in, with mtime).
     docker(&[

@@ -9,26 +9,6 @@ use common::*;
 
 const NS: &str = "moby";
 
-fn run_lw(name: &str, idle: &str, publish: Option<&str>, extra: &[&str], cmd: &[&str]) -> String {
-    let ann = format!("lightwhale.io/idle-timeout={idle}");
-    let mut args = vec![
-        "run",
-        "-d",
-        "--name",
-        name,
-        "--runtime",
-        LIGHTWHALE,
-        "--annotation",
-        &ann,
-    ];
-    if let Some(p) = publish {
-        args.extend(["-p", p]);
-    }
-    args.extend(extra);
-    args.extend(cmd);
-    docker(&args).ok().trimmed().to_string()
-}
-
 #[test]
 fn idle_httpd_sleeps_frees_its_processes_and_a_connection_wakes_it() {
     if !stack_or_skip("sleep and wake busybox httpd") {

@@ -303,3 +303,30 @@ pub fn counter_script() -> String {
     ))
     .expect("examples/counter.py")
 }
+
+/// `docker run -d` under lightwhale with an idle timeout; returns the container id.
+pub fn run_lw(
+    name: &str,
+    idle: &str,
+    publish: Option<&str>,
+    extra: &[&str],
+    cmd: &[&str],
+) -> String {
+    let ann = format!("lightwhale.io/idle-timeout={idle}");
+    let mut args = vec![
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--runtime",
+        LIGHTWHALE,
+        "--annotation",
+        &ann,
+    ];
+    if let Some(p) = publish {
+        args.extend(["-p", p]);
+    }
+    args.extend(extra);
+    args.extend(cmd);
+    docker(&args).ok().trimmed().to_string()
+}
