@@ -175,6 +175,10 @@ def proc_mem_kib(pid):
 
 
 def meminfo_kib():
+    """/proc/meminfo after the page cache settles: images still being written back, or
+    files just deleted, move MemAvailable by hundreds of MiB for a few seconds."""
+    os.sync()
+    time.sleep(2)
     out = {}
     with open("/proc/meminfo") as f:
         for line in f:
