@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::Value;
+use lightwhale_status::{ContainerStatus, Reply, State};
 
-const DIR: &str = "/run/lightwhale/containers";
+const DIR: &str = lightwhale_status::CONTAINERS_DIR;
 
 const USAGE: &str = "usage: lightwhale <command>
   ps [--json]          lightwhale containers: awake or asleep, since when, last sleep and
@@ -25,9 +25,11 @@ ID is a container id or a unique prefix of one; -n NAMESPACE narrows the search.
 struct Entry {
     namespace: String,
     id: String,
-    status: Value,
+    status: ContainerStatus,
 }
 
+/// Every readable status record under `dir`; a record this CLI cannot read is reported
+/// on stderr (a newer shim's says so) and skipped.
 fn entries(dir: &Path) -> Vec<Entry> {
     let mut out = Vec::new();
     let Ok(namespaces) = std::fs::read_dir(dir) else {
@@ -42,11 +44,13 @@ fn entries(dir: &Path) -> Vec<Entry> {
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
-            let Ok(bytes) = std::fs::read(&path) else {
-                continue;
-            };
-            let Ok(status) = serde_json::from_slice::<Value>(&bytes) else {
-                continue;
+            let status = match lightwhale_status::read_status(&path) {
+                Ok(s) => s,
+                Err(e @ lightwhale_status::ReadError::Newer { .. }) => {
+                    eprintln!("lightwhale: {e}");
+                    continue;
+                }
+                Err(_) => continue,
             };
             out.push(Entry {
                 namespace: ns.file_name().to_string_lossy().into_owned(),
@@ -76,7 +80,7 @@ fn resolve<'a>(all: &'a [Entry], id: &str, ns: Option<&str>) -> Result<&'a Entry
         many => bail!(
             "{id:?} is ambiguous: {}",
             many.iter()
-                .map(|e| format!("{}/{}", e.namespace, &e.id[..e.id.len().min(12)]))
+                .map(|e| format!("{}/{}", e.namespace, short(&e.id)))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
@@ -89,8 +93,8 @@ fn socket(e: &Entry) -> PathBuf {
         .join(format!("{}.sock", e.id))
 }
 
-/// Sends one command to the container's shim and returns its JSON answer.
-fn request(e: &Entry, command: &str) -> Result<Value> {
+/// Sends one command to the container's shim and returns its answer.
+fn request(e: &Entry, command: &str) -> Result<Reply> {
     let path = socket(e);
     let mut s = UnixStream::connect(&path)
         .with_context(|| format!("connect to the shim at {}", path.display()))?;
@@ -100,6 +104,13 @@ fn request(e: &Entry, command: &str) -> Result<Value> {
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line)?;
     serde_json::from_str(&line).map_err(|err| anyhow!("bad answer from the shim ({err}): {line:?}"))
+}
+
+fn short(id: &str) -> &str {
+    id.char_indices()
+        .nth(12)
+        .map(|(i, _)| &id[..i])
+        .unwrap_or(id)
 }
 
 fn ago(since_ms: u64) -> String {
@@ -118,22 +129,19 @@ fn ago(since_ms: u64) -> String {
     }
 }
 
-fn ms(v: &Value) -> String {
-    v.as_u64()
-        .map(|m| format!("{m}ms"))
-        .unwrap_or_else(|| "-".into())
+fn ms(v: Option<u64>) -> String {
+    v.map(|m| format!("{m}ms")).unwrap_or_else(|| "-".into())
 }
 
-fn mib(v: &Value) -> String {
-    v.as_u64()
-        .map(|b| format!("{:.1}MiB", b as f64 / 1048576.0))
+fn mib(v: Option<u64>) -> String {
+    v.map(|b| format!("{:.1}MiB", b as f64 / 1048576.0))
         .unwrap_or_else(|| "-".into())
 }
 
 fn ps(json: bool) -> Result<()> {
     let all = entries(Path::new(DIR));
     if json {
-        let list: Vec<&Value> = all.iter().map(|e| &e.status).collect();
+        let list: Vec<&ContainerStatus> = all.iter().map(|e| &e.status).collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
@@ -145,19 +153,19 @@ fn ps(json: bool) -> Result<()> {
         let s = &e.status;
         println!(
             "{:<14} {:<10} {:<7} {:>8} {:>7} {:>7} {:>10} {:>6} {:>6}",
-            &e.id[..e.id.len().min(12)],
+            short(&e.id),
             e.namespace,
-            s["state"].as_str().unwrap_or("?"),
-            ago(s["since_unix_ms"].as_u64().unwrap_or(0)),
-            ms(&s["last_sleep_ms"]),
-            ms(&s["last_wake_ms"]),
-            if s["state"] == "asleep" {
-                mib(&s["memory_freed_bytes"])
+            s.state.as_str(),
+            ago(s.since_unix_ms),
+            ms(s.last_sleep_ms),
+            ms(s.last_wake_ms),
+            if s.state == State::Asleep {
+                mib(s.memory_freed_bytes)
             } else {
                 "-".into()
             },
-            s["sleeps"].as_u64().unwrap_or(0),
-            s["wakes"].as_u64().unwrap_or(0),
+            s.sleeps,
+            s.wakes,
         );
     }
     Ok(())
@@ -168,19 +176,19 @@ fn act(command: &str, id: &str, ns: Option<&str>) -> Result<()> {
     let e = resolve(&all, id, ns)?;
     let answer = request(e, command)?;
     if command == "status" {
-        println!("{}", serde_json::to_string_pretty(&answer["status"])?);
+        println!("{}", serde_json::to_string_pretty(&answer.status)?);
     }
-    if answer["ok"] != Value::Bool(true) {
-        bail!("{}", answer["error"].as_str().unwrap_or("the shim refused"));
+    if !answer.ok {
+        bail!("{}", answer.error.as_deref().unwrap_or("the shim refused"));
     }
     if command != "status" {
-        let s = &answer["status"];
+        let s = &answer.status;
         println!(
             "{}: {} (sleep {}, wake {})",
-            &e.id[..e.id.len().min(12)],
-            s["state"].as_str().unwrap_or("?"),
-            ms(&s["last_sleep_ms"]),
-            ms(&s["last_wake_ms"])
+            short(&e.id),
+            s.state,
+            ms(s.last_sleep_ms),
+            ms(s.last_wake_ms)
         );
     }
     Ok(())
@@ -235,7 +243,7 @@ mod tests {
         Entry {
             namespace: ns.into(),
             id: id.into(),
-            status: Value::Null,
+            status: ContainerStatus::default(),
         }
     }
 
@@ -254,5 +262,12 @@ mod tests {
         assert!(resolve(&all, "", None).is_err());
         assert!(resolve(&all, "zzz", Some("moby")).is_err());
         assert!(resolve(&all, "zzz", Some("default")).is_ok());
+    }
+
+    #[test]
+    fn short_ids_never_split_a_character() {
+        assert_eq!(short("0123456789abcdef"), "0123456789ab");
+        assert_eq!(short("ééééééééééééé"), "éééééééééééé");
+        assert_eq!(short("abc"), "abc");
     }
 }

@@ -1,14 +1,17 @@
 use std::path::PathBuf;
 
-/// Errors of the engine. Each says what was being done, so a message that reaches
-/// `docker run` is enough to act on.
+/// Errors of the engine's mechanisms (runtime calls, files, sockets). Each says what was
+/// being done, so a message that reaches `docker run` is enough to act on.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("runc {op} failed (exit status {status}): {message}")]
-    Runc {
+    #[error("{runtime} {op} failed (exit status {status}): {message}")]
+    Runtime {
+        runtime: String,
         op: &'static str,
         status: i32,
+        /// The runtime's own words (the last error line of its log).
         message: String,
+        kind: RuntimeErrorKind,
     },
     #[error("cannot start {binary}: {source}")]
     Spawn {
@@ -43,6 +46,17 @@ pub enum Error {
     },
 }
 
+/// What a failed runtime call means for the caller, decided once by the driver that
+/// knows the runtime's words (see `runc::classify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeErrorKind {
+    /// The runtime has no such container.
+    NotFound,
+    /// The container exists but its process has stopped.
+    NotRunning,
+    Other,
+}
+
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
@@ -56,5 +70,21 @@ impl Error {
 
     pub(crate) fn sys(what: &'static str, source: nix::Error) -> Self {
         Error::Sys { what, source }
+    }
+
+    /// How a runtime call failed; `Other` for every error that is not a runtime's.
+    pub fn runtime_kind(&self) -> RuntimeErrorKind {
+        match self {
+            Error::Runtime { kind, .. } => *kind,
+            _ => RuntimeErrorKind::Other,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.runtime_kind() == RuntimeErrorKind::NotFound
+    }
+
+    pub fn is_not_running(&self) -> bool {
+        self.runtime_kind() == RuntimeErrorKind::NotRunning
     }
 }

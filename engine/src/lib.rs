@@ -1,27 +1,48 @@
-//! The runtime engine of lightwhale.
+//! The runtime engine of lightwhale: a container's whole life, sleep and wake included,
+//! over two seams, and nothing of containerd.
 //!
-//! Everything here works on plain runc containers and knows nothing of containerd, so the
-//! engine can be tested (and later driven by the sleep/wake machinery) without a daemon:
-//! - [`runc`]: a driver for the runc binary, checkpoint and restore included.
-//! - [`reaper`]: the one place that calls `waitpid`, so exits of runc commands and of
-//!   container processes never race each other.
-//! - [`stdio`]: pipes and consoles owned by the shim, copied to the client's fifos; they
-//!   outlive a checkpoint because the shim, not the container, holds them.
-//! - [`netns`]: network namespaces the shim creates and pins so they outlive the task.
-//! - [`spec`]: the edits the shim makes to a bundle's `config.json`.
-//! - [`lazy`]: the `criu lazy-pages` daemon of a post-copy restore.
-//! - [`cgroup`]: the few cgroup reads the shim needs (OOM counters), v1 and v2.
+//! - [`runtime::OciRuntime`]: the OCI runtime (runc today, [`runc::Runc`]); a fake in tests.
+//! - [`events::EventSink`]: where the engine reports what happened (the shim publishes
+//!   to containerd; tests collect in memory).
+//!
+//! The state machine: [`state`] (every legal transition, one table), [`container`] (the
+//! state and the one place it changes), then one module per concern that drives it:
+//! [`lifecycle`] (create, start, exec, kill, delete), [`sleep`], [`wake`], [`monitor`]
+//! (when to sleep: policy, configured by [`config`]), [`control`] (the CLI's socket).
+//! Mechanisms they use: [`runc`] (driver), [`reaper`] (the one `waitpid`), [`stdio`],
+//! [`netns`], [`sockets`] and [`hold`] (sockets held while asleep), [`lazy`] (post-copy
+//! restore), [`activity`], [`cgroup`], [`spec`], [`bundle`], [`hooks`], [`privilege`].
 
 pub mod activity;
+pub mod bundle;
 pub mod cgroup;
+pub mod config;
+pub mod container;
+pub mod control;
 pub mod error;
+pub mod events;
+pub mod hold;
+pub mod hooks;
 pub mod lazy;
+pub mod lifecycle;
+pub mod monitor;
 pub mod netns;
 pub mod privilege;
+pub mod process;
 pub mod reaper;
 pub mod runc;
+pub mod runtime;
+pub mod sleep;
 pub mod sockets;
 pub mod spec;
+pub mod state;
 pub mod stdio;
+pub mod wake;
 
-pub use error::{Error, Result};
+pub use container::{Container, Dirs};
+pub use error::{Error, Result, RuntimeErrorKind};
+pub use events::{Event, EventSink, MemorySink, Trigger};
+pub use lifecycle::{ContainerError, CreateRequest, ErrorKind};
+pub use sleep::{Refusal, SleepError};
+pub use state::{State, Transition, TransitionError};
+pub use wake::WakeError;

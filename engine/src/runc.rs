@@ -3,7 +3,7 @@
 //! The `runc` crate's checkpoint and restore are stubs, and its process handling would
 //! reap children behind the shim's back; this driver spawns runc itself and collects
 //! exits through [`crate::reaper`]. Every call logs runc's own error text (from its JSON
-//! log) into the returned [`Error::Runc`], so the client sees why runc refused.
+//! log) into the returned [`Error::Runtime`], so the client sees why runc refused.
 
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
@@ -14,6 +14,7 @@ use std::time::Instant;
 use serde::Deserialize;
 use tokio::io::AsyncReadExt;
 
+use crate::error::RuntimeErrorKind;
 use crate::{reaper, Error, Result};
 
 /// The container's stdio as runc should pass it to the process it starts.
@@ -194,11 +195,7 @@ impl Runc {
         let exit = reaper::wait(child.id() as i32, since).await;
         if exit.status != 0 {
             let log = std::fs::read(log_file).unwrap_or_default();
-            return Err(Error::Runc {
-                op,
-                status: exit.status,
-                message: last_error(&log),
-            });
+            return Err(runc_error(op, exit.status, last_error(&log)));
         }
         Ok(())
     }
@@ -209,11 +206,7 @@ impl Runc {
             if message.is_empty() {
                 message = last_error(&out.stdout);
             }
-            return Err(Error::Runc {
-                op,
-                status: out.status,
-                message,
-            });
+            return Err(runc_error(op, out.status, message));
         }
         Ok(out.stdout)
     }
@@ -427,6 +420,29 @@ impl Runc {
     }
 }
 
+fn runc_error(op: &'static str, status: i32, message: String) -> Error {
+    Error::Runtime {
+        runtime: "runc".into(),
+        op,
+        status,
+        kind: classify(&message),
+        message,
+    }
+}
+
+/// The one place that reads runc's words for their meaning: a missing container and a
+/// stopped one are answered differently by every caller (NotFound vs a finished process).
+pub fn classify(message: &str) -> RuntimeErrorKind {
+    let m = message.to_ascii_lowercase();
+    if m.contains("does not exist") || m.contains("container not found") {
+        RuntimeErrorKind::NotFound
+    } else if m.contains("not running") || m.contains("stopped container") {
+        RuntimeErrorKind::NotRunning
+    } else {
+        RuntimeErrorKind::Other
+    }
+}
+
 async fn read_all(fd: Option<OwnedFd>) -> Vec<u8> {
     let mut buf = Vec::new();
     let Some(fd) = fd else { return buf };
@@ -472,6 +488,29 @@ mod tests {
 {"level":"error","msg":"container_linux.go: starting container process caused: exec: \"nope\": executable file not found in $PATH","time":"t"}
 {"level":"warning","msg":"y"}"#;
         assert!(last_error(log).contains("executable file not found"));
+    }
+
+    #[test]
+    fn runc_words_are_classified_once() {
+        assert_eq!(
+            classify("container does not exist"),
+            RuntimeErrorKind::NotFound
+        );
+        assert_eq!(
+            classify("container \"x\" does not exist"),
+            RuntimeErrorKind::NotFound
+        );
+        assert_eq!(
+            classify("container not running"),
+            RuntimeErrorKind::NotRunning
+        );
+        assert_eq!(
+            classify("cannot kill a stopped container"),
+            RuntimeErrorKind::NotRunning
+        );
+        assert_eq!(classify("permission denied"), RuntimeErrorKind::Other);
+        let e = runc_error("kill", 1, "container not running".into());
+        assert!(e.is_not_running() && !e.is_not_found());
     }
 
     #[test]

@@ -2,12 +2,10 @@
 //! `io.containerd.lightwhale.v2`. A thin adapter: containerd's protocol lives here, the
 //! runtime mechanics in `lightwhale-engine`.
 
-mod config;
 mod options;
-mod process;
+mod publisher;
 mod service;
 mod shim;
-mod sleep;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -1,12 +1,11 @@
-//! Runtime options sent by containerd with Create, and the shim's own settings that the
-//! `delete` subcommand must find again after the shim process is gone.
+//! Runtime options sent by containerd with Create and Checkpoint: containerd's runc
+//! options types, checked by type name before they are decoded.
 
 use std::path::{Path, PathBuf};
 
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::oci::{CheckpointOptions, Options};
-use serde::{Deserialize, Serialize};
 
 /// Where the shim keeps its runtime state (runc root, pinned network namespaces, console
 /// sockets). On tmpfs: none of it must survive a reboot.
@@ -58,31 +57,6 @@ pub fn checkpoint_options(any: Option<&Any>) -> Result<CheckpointOptions, Option
     }
     CheckpointOptions::parse_from_bytes(&any.value)
         .map_err(|e| OptionsError::Decode(CHECKPOINT_OPTIONS, e.to_string()))
-}
-
-/// What the shim set up for a container, saved in its bundle so that cleanup (the
-/// `delete` subcommand, run after a crash) undoes exactly that.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct BundleState {
-    pub runc_binary: String,
-    pub runc_root: PathBuf,
-    pub systemd_cgroup: bool,
-    pub rootfs_mounted: bool,
-    pub netns: Option<PathBuf>,
-}
-
-const BUNDLE_STATE: &str = "lightwhale-state.json";
-
-impl BundleState {
-    pub fn save(&self, bundle: &Path) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec(self).map_err(std::io::Error::other)?;
-        std::fs::write(bundle.join(BUNDLE_STATE), bytes)
-    }
-
-    pub fn load(bundle: &Path) -> Option<BundleState> {
-        let bytes = std::fs::read(bundle.join(BUNDLE_STATE)).ok()?;
-        serde_json::from_slice(&bytes).ok()
-    }
 }
 
 pub fn runc_root(opts: &Options, namespace: &str) -> PathBuf {

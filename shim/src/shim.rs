@@ -11,13 +11,13 @@ use containerd_shim::{Config, Flags, StartOpts};
 use containerd_shim_protos::api::DeleteResponse;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::MessageField;
+use lightwhale_engine::bundle::BundleState;
 use lightwhale_engine::reaper;
 use lightwhale_engine::runc::Runc;
 use lightwhale_engine::spec::BundleSpec;
 use tracing::warn;
 
-use crate::options::BundleState;
-use crate::service::{cleanup_bundle, Service};
+use crate::service::Service;
 
 /// Annotations by which containerd's CRI groups a pod's containers into one shim.
 const SANDBOX_ANNOTATIONS: &[&str] = &[
@@ -67,15 +67,22 @@ impl Shim for LightwhaleShim {
         Ok(address)
     }
 
+    /// containerd runs this after a shim went away: after every normal delete (so it
+    /// must be idempotent) and after a shim died. Whatever lightwhale kept for the
+    /// container goes: the runtime's container, mounts, the pinned namespace, the
+    /// checkpoint images, the status file and control socket.
     async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
         let bundle =
             std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
         if let Some(state) = BundleState::load(&bundle) {
             let runc = Runc::new(&state.runc_binary, &state.runc_root, state.systemd_cgroup);
             if let Err(e) = runc.delete(&self.id, true).await {
-                warn!(id = %self.id, ns = %self.namespace, "runc delete: {e}");
+                if !e.is_not_found() {
+                    warn!(id = %self.id, ns = %self.namespace, "runc delete: {e}");
+                }
             }
-            cleanup_bundle(&bundle, &state);
+            state.release_bundle(&bundle);
+            state.remove_records();
         }
         Ok(DeleteResponse {
             // As containerd's runc shim reports a task it had to kill: SIGKILL.

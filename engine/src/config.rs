@@ -1,6 +1,9 @@
-//! Sleep/wake configuration: OCI annotations (`lightwhale.io/...`) over node-wide defaults
-//! from `/etc/lightwhale/config.toml`. Invalid values fail create with a message that names
-//! the annotation and the accepted form.
+//! Sleep/wake policy: OCI annotations (`lightwhale.io/...`) over node-wide defaults from
+//! `/etc/lightwhale/config.toml`. Invalid values fail create with a message that names the
+//! annotation and the accepted form.
+//!
+//! This is policy only (when a task counts as idle, which ports to hold, eager or lazy
+//! restore); the mechanisms that carry it out live in `sleep`, `wake` and `hold`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,6 +41,14 @@ pub enum LazyMode {
 }
 
 impl LazyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LazyMode::Off => "off",
+            LazyMode::On => "on",
+            LazyMode::Auto => "auto",
+        }
+    }
+
     fn parse(s: &str) -> Option<LazyMode> {
         match s.trim() {
             "auto" => Some(LazyMode::Auto),
@@ -87,6 +98,20 @@ impl SleepConfig {
             LazyMode::Off => false,
             LazyMode::On => true,
             LazyMode::Auto => pages > self.lazy_threshold,
+        }
+    }
+
+    /// The configuration as `lightwhale inspect` shows it.
+    pub fn view(&self, image_dir: &Path) -> lightwhale_status::ConfigView {
+        lightwhale_status::ConfigView {
+            sleep: self.enabled,
+            idle_timeout_ms: self.idle_timeout.as_millis() as u64,
+            ports: self.ports.clone(),
+            criu_profile: self.criu_profile.clone(),
+            criu_profile_path: self.criu_profile_path.clone(),
+            image_dir: image_dir.to_path_buf(),
+            lazy_pages: self.lazy_pages.as_str().to_string(),
+            lazy_pages_threshold_bytes: self.lazy_threshold,
         }
     }
 }

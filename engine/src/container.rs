@@ -1,0 +1,496 @@
+//! A container under lightwhale: its state, and the one place where the state changes.
+//!
+//! Everything about a container's life that other modules act on is here: the
+//! [`State`] (with the status record `lightwhale` reads, persisted on every change), the
+//! processes, the sockets held while it sleeps, the page fill of a lazy wake. A change of
+//! state is [`Container::transition`]: it checks the step with [`state::next`], applies
+//! it, writes the status file and tells everyone waiting, under one lock.
+//!
+//! The operations that drive the transitions live beside this file, one concern each:
+//! `lifecycle` (create, start, exec, kill, delete: what containerd asks), `sleep` and
+//! `wake` (the checkpoint and the restore), `monitor` (when to sleep). Init's exits come
+//! in through [`Container::on_init_exit`], which alone decides what an exit means.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use lightwhale_status::ContainerStatus;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::bundle::BundleState;
+use crate::cgroup::MemoryCgroup;
+use crate::config::SleepConfig;
+use crate::events::{Event, EventSink};
+use crate::hold::Held;
+use crate::process::{ExitInfo, Process, TaskStatus};
+use crate::reaper::Exit;
+use crate::runtime::OciRuntime;
+use crate::state::{self, State, Transition, TransitionError};
+
+/// How long a finished process's output may take to drain to the client.
+const IO_DRAIN: Duration = Duration::from_secs(3);
+
+/// Where lightwhale keeps what it makes for containers.
+#[derive(Debug, Clone)]
+pub struct Dirs {
+    /// Runtime state on tmpfs: pinned network namespaces, console sockets.
+    pub state: PathBuf,
+    /// Status files and control sockets, read by `lightwhale`.
+    pub status: PathBuf,
+    /// Checkpoint images: `<images>/<namespace>/<id>`.
+    pub images: PathBuf,
+}
+
+impl Default for Dirs {
+    fn default() -> Self {
+        Dirs {
+            state: PathBuf::from("/run/lightwhale"),
+            status: PathBuf::from(lightwhale_status::CONTAINERS_DIR),
+            images: PathBuf::from("/var/lib/lightwhale"),
+        }
+    }
+}
+
+/// The background page fill of a lazy wake.
+pub(crate) struct Fill {
+    pub daemon_pid: i32,
+    pub done: watch::Receiver<bool>,
+}
+
+/// Everything that changes with the container's state, behind one lock.
+pub(crate) struct Record {
+    /// What `lightwhale` reads; `status.state` is the container's state.
+    pub status: ContainerStatus,
+    /// While Sleeping: the init pid being dumped. Its exit is the dump's doing.
+    pub dumping: Option<i32>,
+    /// The exit of `dumping`, for the sleep to judge (a dump's end, or a real death).
+    pub dump_exit: Option<Exit>,
+    /// While Asleep (and Waking): the sockets the shim holds for the task.
+    pub held: Option<Held>,
+    pub fill: Option<Fill>,
+    /// Resources sent by Update while asleep, applied at wake.
+    pub pending_update: Option<PathBuf>,
+    /// A stop signal was sent: the container is in its grace period and never sleeps.
+    pub stopping: bool,
+    /// A lazy wake's fill that ended before the wake recorded its phases.
+    pub early_fill_ms: Option<f64>,
+    /// The status to report when the current incarnation ends, when the engine ended it
+    /// for a reason of its own (a failed page fill) rather than the app.
+    pub forced_exit_status: Option<u32>,
+}
+
+pub struct Container {
+    pub id: String,
+    pub namespace: String,
+    pub bundle: PathBuf,
+    pub config: SleepConfig,
+    pub(crate) runtime: Arc<dyn OciRuntime>,
+    pub(crate) sink: Arc<dyn EventSink>,
+    pub(crate) dirs: Dirs,
+    pub(crate) bundle_state: BundleState,
+    /// `<image dir>/<namespace>/<id>`: checkpoint images, CRIU logs, the restore bundle.
+    pub image_root: PathBuf,
+    pub init: Arc<Process>,
+    pub(crate) execs: Mutex<HashMap<String, Arc<Process>>>,
+    pub(crate) memcg: Mutex<Option<MemoryCgroup>>,
+    pub(crate) oom_baseline: AtomicU64,
+    /// Orders a process's start event before its exit event.
+    pub(crate) event_order: tokio::sync::Mutex<()>,
+    /// One sleep attempt at a time (the monitor and `lightwhale sleep` may both try).
+    pub(crate) sleep_gate: tokio::sync::Mutex<()>,
+    record: Mutex<Record>,
+    state_tx: watch::Sender<State>,
+    /// Rung when the exit of the task being dumped arrives.
+    pub(crate) dump_exited: Notify,
+    /// Activity the monitor cannot see in counters (an exec, a wake).
+    activity: AtomicBool,
+    pub(crate) deleted: AtomicBool,
+    /// The control socket and the idle monitor, stopped at delete.
+    pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
+}
+
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+pub(crate) struct Parts {
+    pub id: String,
+    pub namespace: String,
+    pub bundle: PathBuf,
+    pub config: SleepConfig,
+    pub runtime: Arc<dyn OciRuntime>,
+    pub sink: Arc<dyn EventSink>,
+    pub dirs: Dirs,
+    pub bundle_state: BundleState,
+    pub image_root: PathBuf,
+    pub init: Arc<Process>,
+    pub memcg: Option<MemoryCgroup>,
+    pub status: ContainerStatus,
+}
+
+impl Container {
+    pub(crate) fn assemble(p: Parts) -> Arc<Container> {
+        let baseline = p.memcg.as_ref().map(MemoryCgroup::oom_kills).unwrap_or(0);
+        let state = p.status.state;
+        Arc::new(Container {
+            id: p.id,
+            namespace: p.namespace,
+            bundle: p.bundle,
+            config: p.config,
+            runtime: p.runtime,
+            sink: p.sink,
+            dirs: p.dirs,
+            bundle_state: p.bundle_state,
+            image_root: p.image_root,
+            init: p.init,
+            execs: Mutex::new(HashMap::new()),
+            memcg: Mutex::new(p.memcg),
+            oom_baseline: AtomicU64::new(baseline),
+            event_order: tokio::sync::Mutex::new(()),
+            sleep_gate: tokio::sync::Mutex::new(()),
+            record: Mutex::new(Record {
+                status: p.status,
+                dumping: None,
+                dump_exit: None,
+                held: None,
+                fill: None,
+                pending_update: None,
+                stopping: false,
+                early_fill_ms: None,
+                forced_exit_status: None,
+            }),
+            state_tx: watch::channel(state).0,
+            dump_exited: Notify::new(),
+            activity: AtomicBool::new(false),
+            deleted: AtomicBool::new(false),
+            tasks: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Record> {
+        // Every update under this lock leaves the record whole before it can panic (none
+        // does I/O that panics), so a poisoned lock still holds a consistent record.
+        self.record.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn state(&self) -> State {
+        self.lock().status.state
+    }
+
+    pub fn status(&self) -> ContainerStatus {
+        self.lock().status.clone()
+    }
+
+    pub fn status_path(&self) -> PathBuf {
+        lightwhale_status::status_path(&self.dirs.status, &self.namespace, &self.id)
+    }
+
+    pub fn control_path(&self) -> PathBuf {
+        lightwhale_status::control_path(&self.dirs.status, &self.namespace, &self.id)
+    }
+
+    pub(crate) fn images(&self) -> PathBuf {
+        self.image_root.join("images")
+    }
+
+    pub(crate) fn work(&self) -> PathBuf {
+        self.image_root.join("work")
+    }
+
+    fn persist(&self, status: &ContainerStatus) {
+        let path = self.status_path();
+        if let Err(e) = lightwhale_status::write_status(&path, status) {
+            warn!(id = %self.id, "status file {}: {e}", path.display());
+        }
+    }
+
+    /// Takes `t` if it is legal from the current state: sets the new state, lets `f`
+    /// update the rest of the record in the same step, persists the status file and
+    /// wakes everyone waiting for the state to change.
+    pub(crate) fn transition_with<T>(
+        &self,
+        t: Transition,
+        f: impl FnOnce(&mut Record) -> T,
+    ) -> Result<T, TransitionError> {
+        let mut r = self.lock();
+        let to = state::next(r.status.state, t)?;
+        Ok(self.commit(&mut r, to, f))
+    }
+
+    /// As [`Container::transition_with`], only when `guard` holds for the record as it
+    /// is at that moment (None otherwise, with nothing changed).
+    pub(crate) fn transition_if<T>(
+        &self,
+        t: Transition,
+        guard: impl FnOnce(&Record) -> bool,
+        f: impl FnOnce(&mut Record) -> T,
+    ) -> Result<Option<T>, TransitionError> {
+        let mut r = self.lock();
+        let to = state::next(r.status.state, t)?;
+        if !guard(&r) {
+            return Ok(None);
+        }
+        Ok(Some(self.commit(&mut r, to, f)))
+    }
+
+    /// Applies a checked transition to the locked record: the one place a state is set.
+    fn commit<T>(&self, r: &mut Record, to: State, f: impl FnOnce(&mut Record) -> T) -> T {
+        let from = r.status.state;
+        r.status.state = to;
+        r.status.since_unix_ms = now_ms();
+        let out = f(r);
+        // Persisted and announced under the lock: two transitions never write their
+        // files, nor wake their waiters, out of order.
+        self.persist(&r.status);
+        self.state_tx.send_replace(to);
+        debug!(id = %self.id, %from, %to, "transition");
+        out
+    }
+
+    pub(crate) fn transition(&self, t: Transition) -> Result<State, TransitionError> {
+        self.transition_with(t, |r| r.status.state)
+    }
+
+    /// Updates the status record without a change of state (counters, errors).
+    pub(crate) fn update_status(&self, f: impl FnOnce(&mut ContainerStatus)) {
+        let mut r = self.lock();
+        f(&mut r.status);
+        self.persist(&r.status);
+    }
+
+    /// Keeps `e` (with its sources) as the last error `lightwhale inspect` shows.
+    pub fn record_error(&self, e: &dyn std::error::Error) {
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            let more = s.to_string();
+            if !text.contains(&more) {
+                text.push_str(": ");
+                text.push_str(&more);
+            }
+            source = s.source();
+        }
+        self.update_status(|s| s.last_error = Some(text));
+    }
+
+    /// The state once no sleep or wake is under way (waits for one to finish).
+    pub async fn settled(&self) -> State {
+        let mut rx = self.state_tx.subscribe();
+        let settled = rx.wait_for(|s| !s.in_transition()).await.map(|s| *s);
+        // The sender lives as long as the container.
+        settled.unwrap_or(State::Exited)
+    }
+
+    /// Waits until the state is `want` or the container has exited, at most `limit`.
+    pub async fn wait_for_state(&self, want: State, limit: Duration) -> Option<State> {
+        let mut rx = self.state_tx.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|s| *s == want || *s == State::Exited))
+            .await
+            .ok()
+            .and_then(|r| r.ok().map(|s| *s))
+    }
+
+    pub fn is_asleep(&self) -> bool {
+        self.state() == State::Asleep
+    }
+
+    /// The init process's status as containerd names it. An exited init stays Running
+    /// until its output is drained and its exit is reported, as with runc's shim.
+    pub fn init_status(&self) -> TaskStatus {
+        match self.state() {
+            State::Created => TaskStatus::Created,
+            State::Paused => TaskStatus::Paused,
+            State::Exited if self.init.has_exited() => TaskStatus::Stopped,
+            _ => TaskStatus::Running,
+        }
+    }
+
+    pub fn process(&self, exec_id: &str) -> Option<Arc<Process>> {
+        if exec_id.is_empty() {
+            return Some(self.init.clone());
+        }
+        self.execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(exec_id)
+            .cloned()
+    }
+
+    /// The pids of started execs, with their ids.
+    pub fn exec_pids(&self) -> HashMap<i32, String> {
+        self.execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|p| p.pid() > 0)
+            .map(|p| (p.pid(), p.exec_id.clone()))
+            .collect()
+    }
+
+    pub fn running_execs(&self) -> usize {
+        self.execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|p| p.is_running())
+            .count()
+    }
+
+    pub(crate) fn touch_activity(&self) {
+        self.activity.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn take_activity(&self) -> bool {
+        self.activity.swap(false, Ordering::Relaxed)
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        self.sink.emit(event);
+    }
+
+    /// Removes the checkpoint images (they hold the task's memory, secrets included).
+    pub(crate) fn discard_images(&self) {
+        crate::bundle::remove_dir_quiet(&self.image_root);
+    }
+
+    /// Kills the lazy-pages daemon of a task that is gone.
+    pub(crate) fn stop_fill(&self) {
+        let fill = self.lock().fill.take();
+        if let Some(f) = fill {
+            if !*f.done.borrow() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(f.daemon_pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+
+    /// Watches init's current incarnation (`pid`, learned of at `since`) until it ends.
+    pub(crate) fn watch_init(self: &Arc<Self>, pid: i32, since: Instant) {
+        let c = self.clone();
+        tokio::spawn(async move {
+            let exit = c.runtime.wait(pid, since).await;
+            c.on_init_exit(exit).await;
+        });
+    }
+
+    /// Decides what an exit of an init incarnation means. It is the task's real end
+    /// only when it is the current incarnation and no dump is taking it down; the exit
+    /// of a task being dumped goes to the sleep, which alone can judge it.
+    async fn on_init_exit(self: &Arc<Self>, exit: Exit) {
+        {
+            let mut r = self.lock();
+            let state = r.status.state;
+            if state == State::Sleeping && r.dumping == Some(exit.pid) {
+                r.dump_exit = Some(exit);
+                drop(r);
+                self.dump_exited.notify_waiters();
+                return;
+            }
+            if exit.pid != self.init.pid() || matches!(state, State::Asleep | State::Exited) {
+                // An earlier incarnation (the one a sleep dumped), or already handled.
+                debug!(id = %self.id, pid = exit.pid, %state, "exit of a past incarnation");
+                return;
+            }
+        }
+        if self.claim_exit(None) {
+            let status = self
+                .lock()
+                .forced_exit_status
+                .take()
+                .unwrap_or(exit.status as u32);
+            self.complete_exit(exit.pid, status, exit.at).await;
+        }
+    }
+
+    /// Moves to Exited (only from `only_from`, if given) and lets go of everything a
+    /// sleep held. False when the exit was claimed already or the state did not match.
+    pub(crate) fn claim_exit(&self, only_from: Option<State>) -> bool {
+        let claimed = self.transition_if(
+            Transition::Exit,
+            |r| only_from.is_none_or(|s| s == r.status.state),
+            |r| {
+                r.status.held_ports.clear();
+                (r.held.take(), r.dumping.take())
+            },
+        );
+        let Ok(Some((held, dumping))) = claimed else {
+            return false;
+        };
+        let from_sleep = held.is_some() || dumping.is_some();
+        drop(held);
+        if from_sleep {
+            // Nothing will ever be restored from these.
+            self.discard_images();
+        }
+        self.stop_fill();
+        true
+    }
+
+    /// The rest of an exit claimed by [`Container::claim_exit`]: the OOM check, the
+    /// output drained, the exit recorded and reported.
+    pub(crate) async fn complete_exit(&self, pid: i32, status: u32, at: SystemTime) {
+        let memcg = self.memcg.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(cg) = memcg {
+            if cg.oom_kills() > self.oom_baseline.load(Ordering::Relaxed) {
+                info!(id = %self.id, "OOM kill in container");
+                self.emit(Event::Oom {
+                    id: self.id.clone(),
+                });
+            }
+        }
+        self.finish_process(&self.init, pid, status, at).await;
+    }
+
+    /// Drains a process's output, records its exit and reports it, in that order: a
+    /// client that sees the exit has all the output.
+    pub(crate) async fn finish_process(&self, p: &Process, pid: i32, status: u32, at: SystemTime) {
+        if let Some(stdio) = p.stdio() {
+            stdio.finish(IO_DRAIN).await;
+        }
+        let info = ExitInfo { status, at };
+        let _order = self.event_order.lock().await;
+        p.set_exited(info);
+        info!(id = %self.id, exec = %p.exec_id, pid, status, "process exited");
+        self.emit(Event::Exited {
+            id: self.id.clone(),
+            exec_id: p.exec_id.clone(),
+            pid,
+            status,
+            at,
+        });
+    }
+
+    /// Remembers a background task of this container, stopped when it is deleted.
+    pub(crate) fn own_task(&self, t: JoinHandle<()>) {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(t);
+    }
+
+    pub(crate) fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn write_initial_status(&self) {
+        let r = self.lock();
+        self.persist(&r.status);
+    }
+}

@@ -1,0 +1,679 @@
+//! What a client asks of a container (containerd's Task API, in plain Rust): create,
+//! start, exec, kill, pause, update, delete. Each one that needs the task awake wakes it
+//! first; each one that races a sleep or a wake waits for it to end, then acts.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use lightwhale_status::ContainerStatus;
+use tracing::{info, warn};
+
+use crate::bundle::BundleState;
+use crate::cgroup::MemoryCgroup;
+use crate::config::SleepConfig;
+use crate::container::{Container, Dirs, Parts};
+use crate::events::{Event, EventSink, Trigger};
+use crate::process::{ExitInfo, Process};
+use crate::runc::{CheckpointOpts, CreateOpts, ExecOpts, ProcessIo};
+use crate::runtime::OciRuntime;
+use crate::spec::BundleSpec;
+use crate::state::{State, Transition, TransitionError};
+use crate::stdio::{ConsoleSocket, Stdio, StdioPaths};
+use crate::wake::WakeError;
+use crate::{netns, Error};
+
+/// Why a request was refused or failed; [`ContainerError::kind`] says how a client
+/// should take it.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("exec {exec_id} not found in container {id}")]
+    ExecNotFound { id: String, exec_id: String },
+    #[error("exec {0} already exists")]
+    ExecExists(String),
+    #[error("invalid exec id {0:?}: use letters, digits, '-', '_' and '.' (at most 128)")]
+    InvalidExecId(String),
+    #[error("exec process spec is not valid JSON: {0}")]
+    InvalidExecSpec(#[source] serde_json::Error),
+    #[error("process {0} is not in created state")]
+    NotCreated(String),
+    #[error("process already finished")]
+    ProcessFinished,
+    #[error("container {0} is not running")]
+    NotRunning(String),
+    #[error("exec {0} has not started")]
+    ExecNotStarted(String),
+    #[error("exec {0} is still running")]
+    ExecRunning(String),
+    #[error("invalid signal {0}")]
+    InvalidSignal(u32),
+    #[error("resources are not a valid OCI LinuxResources document: {0}")]
+    InvalidResources(#[source] serde_json::Error),
+    #[error("container {0} did not exit after delete")]
+    DeleteTimedOut(String),
+    /// The bundle or the client's stdio cannot be used as given.
+    #[error("{0}")]
+    InvalidInput(#[source] Error),
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error(transparent)]
+    Wake(#[from] WakeError),
+    #[error(transparent)]
+    Engine(#[from] Error),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How a client should take a [`ContainerError`] (containerd's codes map from these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    NotFound,
+    AlreadyExists,
+    InvalidArgument,
+    FailedPrecondition,
+    Internal,
+}
+
+impl ContainerError {
+    pub fn kind(&self) -> ErrorKind {
+        use ContainerError::*;
+        match self {
+            ExecNotFound { .. } | ProcessFinished => ErrorKind::NotFound,
+            ExecExists(_) => ErrorKind::AlreadyExists,
+            InvalidExecId(_) | InvalidExecSpec(_) | InvalidSignal(_) | InvalidResources(_)
+            | InvalidInput(_) => ErrorKind::InvalidArgument,
+            NotCreated(_) | NotRunning(_) | ExecNotStarted(_) | ExecRunning(_) | Transition(_) => {
+                ErrorKind::FailedPrecondition
+            }
+            Wake(WakeError::Exited) => ErrorKind::FailedPrecondition,
+            Engine(e) if e.is_not_found() => ErrorKind::NotFound,
+            DeleteTimedOut(_) | Wake(_) | Engine(_) | Io { .. } => ErrorKind::Internal,
+        }
+    }
+}
+
+/// What a container is made of; see [`Container::create`].
+pub struct CreateRequest {
+    pub id: String,
+    pub namespace: String,
+    pub bundle: PathBuf,
+    pub stdio: StdioPaths,
+    pub config: SleepConfig,
+    pub runtime: Arc<dyn OciRuntime>,
+    pub sink: Arc<dyn EventSink>,
+    pub dirs: Dirs,
+    /// What the caller set up already (the runtime's binary and root, a mounted rootfs):
+    /// the engine adds its own and saves it in the bundle for cleanup.
+    pub bundle_state: BundleState,
+    pub no_pivot: bool,
+    pub no_new_keyring: bool,
+}
+
+/// Signals that begin a container's end: once sent, it does not go back to sleep.
+fn is_stop_signal(signal: u32) -> bool {
+    [libc::SIGKILL, libc::SIGTERM, libc::SIGINT, libc::SIGQUIT].contains(&(signal as i32))
+}
+
+fn valid_exec_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && id != "."
+        && id != ".."
+}
+
+fn read_pid(path: &Path) -> Result<i32, ContainerError> {
+    let io = |source| ContainerError::Io {
+        what: "read pid file",
+        path: path.to_path_buf(),
+        source,
+    };
+    let text = std::fs::read_to_string(path).map_err(io)?;
+    text.trim()
+        .parse()
+        .map_err(|_| io(std::io::Error::other(format!("not a pid: {text:?}"))))
+}
+
+/// Starts a process's stdio and runs `launch` (runtime create or exec) with it; for a
+/// terminal, receives the pty master afterwards.
+async fn with_stdio<F, Fut>(
+    p: &Process,
+    console_dir: &Path,
+    launch: F,
+) -> Result<(), ContainerError>
+where
+    F: FnOnce(ProcessIo, Option<PathBuf>) -> Fut,
+    Fut: std::future::Future<Output = crate::Result<()>>,
+{
+    if p.paths.terminal {
+        let console = ConsoleSocket::new(console_dir)?;
+        let stdio = Arc::new(Stdio::terminal());
+        p.set_stdio(stdio.clone());
+        launch(ProcessIo::default(), Some(console.path().to_path_buf())).await?;
+        let master = console.receive_master()?;
+        stdio.attach_console(master, &p.paths)?;
+    } else {
+        let stdio = Arc::new(Stdio::pipes(&p.paths).map_err(ContainerError::InvalidInput)?);
+        p.set_stdio(stdio.clone());
+        let io = stdio.process_io()?;
+        if let Err(e) = launch(io, None).await {
+            stdio.finish(Duration::from_millis(100)).await;
+            return Err(e.into());
+        }
+    }
+    Ok(())
+}
+
+impl Container {
+    /// Creates the container with the runtime (its init waits for [`Container::start`]).
+    /// A private network namespace the spec asks for is made and pinned by lightwhale,
+    /// so it outlives the task's sleeps. A failed create leaves nothing behind.
+    pub async fn create(req: CreateRequest) -> Result<Arc<Container>, ContainerError> {
+        let CreateRequest {
+            id,
+            namespace,
+            bundle,
+            stdio,
+            config,
+            runtime,
+            sink,
+            dirs,
+            bundle_state: mut state,
+            no_pivot,
+            no_new_keyring,
+        } = req;
+        let image_root = dirs.images.join(&namespace).join(&id);
+        state.image_root = Some(image_root.clone());
+        state.status_file = Some(lightwhale_status::status_path(
+            &dirs.status,
+            &namespace,
+            &id,
+        ));
+        state.control_socket = Some(lightwhale_status::control_path(
+            &dirs.status,
+            &namespace,
+            &id,
+        ));
+        let init = Process::new("", stdio, Vec::new());
+        let since = Instant::now();
+        let setup = async {
+            let mut spec = BundleSpec::load(&bundle).map_err(ContainerError::InvalidInput)?;
+            if spec.network_ns_without_path() {
+                if spec.has_namespace("user") {
+                    // A namespace we made would belong to the host's user namespace.
+                    info!(%id, "user namespace in spec: leaving the network namespace to runc");
+                } else {
+                    let pin = netns::pin_path(&dirs.state, &namespace, &id);
+                    let _ = netns::remove_pinned(&pin);
+                    netns::create_pinned(&pin)?;
+                    state.netns = Some(pin.clone());
+                    spec.set_network_ns_path(&pin);
+                }
+            }
+            if config.enabled {
+                // runc passes this file to CRIU on checkpoint and restore alike.
+                spec.set_annotation(
+                    "org.criu.config",
+                    &config.criu_profile_path.display().to_string(),
+                );
+            }
+            spec.save()?;
+            state.save(&bundle).map_err(|source| ContainerError::Io {
+                what: "save lightwhale's state in",
+                path: bundle.clone(),
+                source,
+            })?;
+            let pid_file = bundle.join("init.pid");
+            with_stdio(&init, &dirs.state.join("console"), |io, console_socket| {
+                let copts = CreateOpts {
+                    pid_file: pid_file.clone(),
+                    log_file: bundle.join("log.json"),
+                    console_socket,
+                    no_pivot,
+                    no_new_keyring,
+                };
+                let runtime = runtime.clone();
+                let id = id.clone();
+                let bundle = bundle.clone();
+                async move { runtime.create(&id, &bundle, &copts, io).await }
+            })
+            .await?;
+            read_pid(&pid_file)
+        };
+        let pid = match setup.await {
+            Ok(pid) => pid,
+            Err(e) => {
+                warn!(%id, "create failed: {e}");
+                let _ = runtime.delete(&id, true).await;
+                state.release_bundle(&bundle);
+                return Err(e);
+            }
+        };
+        init.set_pid(pid);
+        let memcg = MemoryCgroup::of_pid(pid);
+        let status = ContainerStatus::new(&namespace, &id, config.view(&image_root));
+        let c = Container::assemble(Parts {
+            id,
+            namespace,
+            bundle,
+            config,
+            runtime,
+            sink,
+            dirs,
+            bundle_state: state,
+            image_root,
+            init,
+            memcg,
+            status,
+        });
+        c.write_initial_status();
+        crate::control::serve(&c);
+        c.watch_init(pid, since);
+        Ok(c)
+    }
+
+    /// Starts the init process (`exec_id` empty) or an exec; returns its pid.
+    pub async fn start(self: &Arc<Self>, exec_id: &str) -> Result<i32, ContainerError> {
+        if exec_id.is_empty() {
+            self.start_init().await
+        } else {
+            self.start_exec(exec_id).await
+        }
+    }
+
+    async fn start_init(self: &Arc<Self>) -> Result<i32, ContainerError> {
+        let _order = self.event_order.lock().await;
+        if self.state() != State::Created {
+            return Err(ContainerError::NotCreated(self.id.clone()));
+        }
+        self.runtime.start(&self.id).await?;
+        if let Err(e) = self.transition(Transition::Start) {
+            // Only an exit can overtake a start; it is reported after this event.
+            info!(id = %self.id, "{e}");
+        }
+        let pid = self.init.pid();
+        self.emit(Event::Started {
+            id: self.id.clone(),
+            pid,
+        });
+        if self.config.enabled {
+            crate::monitor::spawn(self);
+        }
+        Ok(pid)
+    }
+
+    async fn start_exec(self: &Arc<Self>, exec_id: &str) -> Result<i32, ContainerError> {
+        let p = self.exec_process(exec_id)?;
+        if p.pid() > 0 || p.has_exited() {
+            return Err(ContainerError::NotCreated(exec_id.to_string()));
+        }
+        // Counted as running from here: no sleep begins while it starts.
+        p.mark_started();
+        self.touch_activity();
+        if let Err(e) = self.wake(Trigger::Exec).await {
+            p.set_exited(ExitInfo {
+                status: 255,
+                at: SystemTime::now(),
+            });
+            return Err(match e {
+                WakeError::Exited => ContainerError::NotRunning(self.id.clone()),
+                other => other.into(),
+            });
+        }
+        let _order = self.event_order.lock().await;
+        let process_json = self.bundle.join(format!(".lightwhale-exec-{exec_id}.json"));
+        let pid_file = self.bundle.join(format!(".lightwhale-exec-{exec_id}.pid"));
+        let log_file = self.bundle.join(format!(".lightwhale-exec-{exec_id}.log"));
+        let since = Instant::now();
+        let result = async {
+            std::fs::write(&process_json, &p.spec).map_err(|source| ContainerError::Io {
+                what: "write",
+                path: process_json.clone(),
+                source,
+            })?;
+            with_stdio(
+                &p,
+                &self.dirs.state.join("console"),
+                |io, console_socket| {
+                    let eopts = ExecOpts {
+                        wait: false,
+                        process_json: process_json.clone(),
+                        pid_file: pid_file.clone(),
+                        log_file: log_file.clone(),
+                        console_socket,
+                    };
+                    let runtime = self.runtime.clone();
+                    let id = self.id.clone();
+                    async move { runtime.exec(&id, &eopts, io).await }
+                },
+            )
+            .await?;
+            read_pid(&pid_file)
+        }
+        .await;
+        for f in [&process_json, &pid_file, &log_file] {
+            let _ = std::fs::remove_file(f);
+        }
+        let pid = match result {
+            Ok(pid) => pid,
+            Err(e) => {
+                p.set_exited(ExitInfo {
+                    status: 255,
+                    at: SystemTime::now(),
+                });
+                return Err(e);
+            }
+        };
+        p.set_pid(pid);
+        let (c, p2) = (self.clone(), p.clone());
+        tokio::spawn(async move {
+            let exit = c.runtime.wait(pid, since).await;
+            c.finish_process(&p2, pid, exit.status as u32, exit.at)
+                .await;
+        });
+        self.emit(Event::ExecStarted {
+            id: self.id.clone(),
+            exec_id: exec_id.to_string(),
+            pid,
+        });
+        Ok(pid)
+    }
+
+    fn exec_process(&self, exec_id: &str) -> Result<Arc<Process>, ContainerError> {
+        self.process(exec_id)
+            .ok_or_else(|| ContainerError::ExecNotFound {
+                id: self.id.clone(),
+                exec_id: exec_id.to_string(),
+            })
+    }
+
+    /// Registers an exec (started by [`Container::start`]).
+    pub fn add_exec(
+        &self,
+        exec_id: &str,
+        spec: Vec<u8>,
+        stdio: StdioPaths,
+    ) -> Result<(), ContainerError> {
+        if !valid_exec_id(exec_id) {
+            return Err(ContainerError::InvalidExecId(exec_id.to_string()));
+        }
+        if self.state() == State::Exited {
+            return Err(ContainerError::NotRunning(self.id.clone()));
+        }
+        serde_json::from_slice::<serde_json::Value>(&spec)
+            .map_err(ContainerError::InvalidExecSpec)?;
+        {
+            let mut execs = self.execs.lock().unwrap_or_else(|p| p.into_inner());
+            if execs.contains_key(exec_id) {
+                return Err(ContainerError::ExecExists(exec_id.to_string()));
+            }
+            execs.insert(exec_id.to_string(), Process::new(exec_id, stdio, spec));
+        }
+        self.emit(Event::ExecAdded {
+            id: self.id.clone(),
+            exec_id: exec_id.to_string(),
+        });
+        Ok(())
+    }
+
+    /// Sends `signal` to init (`exec_id` empty; to every process with `all`) or to an
+    /// exec. A sleeping init is ended at once by SIGKILL and woken for any other signal.
+    pub async fn kill(
+        self: &Arc<Self>,
+        exec_id: &str,
+        signal: u32,
+        all: bool,
+    ) -> Result<(), ContainerError> {
+        if !exec_id.is_empty() {
+            return self.kill_exec(exec_id, signal);
+        }
+        if is_stop_signal(signal) {
+            // Set before looking at the state: from here no new sleep begins.
+            self.lock().stopping = true;
+        }
+        loop {
+            match self.settled().await {
+                State::Exited => return Err(ContainerError::ProcessFinished),
+                State::Asleep if signal as i32 == libc::SIGKILL => {
+                    if self.claim_exit(Some(State::Asleep)) {
+                        info!(id = %self.id, "killed while asleep");
+                        let status = 128 + libc::SIGKILL as u32;
+                        self.complete_exit(self.init.pid(), status, SystemTime::now())
+                            .await;
+                        return Ok(());
+                    }
+                }
+                State::Asleep => match self.wake(Trigger::Signal).await {
+                    Ok(()) => {}
+                    Err(WakeError::Exited) => return Err(ContainerError::ProcessFinished),
+                    Err(e) => return Err(e.into()),
+                },
+                _ => break,
+            }
+        }
+        match self.runtime.kill(&self.id, signal as i32, all).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_running() || e.is_not_found() || self.init.has_exited() => {
+                Err(ContainerError::ProcessFinished)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn kill_exec(&self, exec_id: &str, signal: u32) -> Result<(), ContainerError> {
+        let p = self.exec_process(exec_id)?;
+        if p.has_exited() {
+            return Err(ContainerError::ProcessFinished);
+        }
+        let pid = p.pid();
+        if pid <= 0 {
+            return Err(ContainerError::ExecNotStarted(exec_id.to_string()));
+        }
+        let sig = nix::sys::signal::Signal::try_from(signal as i32)
+            .map_err(|_| ContainerError::InvalidSignal(signal))?;
+        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig) {
+            Ok(()) => Ok(()),
+            Err(nix::errno::Errno::ESRCH) => Err(ContainerError::ProcessFinished),
+            Err(e) => Err(Error::Sys {
+                what: "kill an exec",
+                source: e,
+            }
+            .into()),
+        }
+    }
+
+    /// Freezes the task (a sleeping one is woken first: a checkpoint cannot be frozen).
+    pub async fn pause(self: &Arc<Self>) -> Result<(), ContainerError> {
+        loop {
+            match self.wake(Trigger::Pause).await {
+                Ok(()) => {}
+                Err(WakeError::Exited) => return Err(ContainerError::NotRunning(self.id.clone())),
+                Err(e) => return Err(e.into()),
+            }
+            match self.transition(Transition::Pause) {
+                Ok(_) => break,
+                // A sleep began between the wake and here: wake it again.
+                Err(e) if e.from == State::Asleep || e.from.in_transition() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Err(e) = self.runtime.pause(&self.id).await {
+            let _ = self.transition(Transition::Resume);
+            return Err(e.into());
+        }
+        self.emit(Event::Paused {
+            id: self.id.clone(),
+        });
+        Ok(())
+    }
+
+    pub async fn resume(&self) -> Result<(), ContainerError> {
+        if self.state() != State::Paused {
+            return Err(TransitionError {
+                from: self.state(),
+                transition: Transition::Resume,
+            }
+            .into());
+        }
+        self.runtime.resume(&self.id).await?;
+        self.transition(Transition::Resume)?;
+        self.emit(Event::Resumed {
+            id: self.id.clone(),
+        });
+        Ok(())
+    }
+
+    /// Applies new resources (an OCI `LinuxResources` document); while asleep they are
+    /// kept and applied right after the next restore.
+    pub async fn update(&self, resources: &[u8]) -> Result<(), ContainerError> {
+        serde_json::from_slice::<oci_spec::runtime::LinuxResources>(resources)
+            .map_err(ContainerError::InvalidResources)?;
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let file = self.bundle.join(format!(
+            ".lightwhale-resources-{}.json",
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&file, resources).map_err(|source| ContainerError::Io {
+            what: "write",
+            path: file.clone(),
+            source,
+        })?;
+        loop {
+            self.settled().await;
+            let mut r = self.lock();
+            match r.status.state {
+                State::Asleep => {
+                    if let Some(old) = r.pending_update.replace(file) {
+                        let _ = std::fs::remove_file(old);
+                    }
+                    return Ok(());
+                }
+                s if s.in_transition() => continue,
+                _ => break,
+            }
+        }
+        let r = self.runtime.update(&self.id, &file).await;
+        let _ = std::fs::remove_file(&file);
+        r.map_err(Into::into)
+    }
+
+    /// A checkpoint the client asked for (`ctr c checkpoint`): woken first if asleep.
+    pub async fn checkpoint(self: &Arc<Self>, opts: CheckpointOpts) -> Result<(), ContainerError> {
+        self.wake(Trigger::Checkpoint).await?;
+        self.runtime.checkpoint(&self.id, &opts).await?;
+        self.emit(Event::Checkpointed {
+            id: self.id.clone(),
+            images: opts.image_path.display().to_string(),
+        });
+        Ok(())
+    }
+
+    /// Host pids of the task's processes; none while it sleeps or is being restored.
+    pub async fn pids(&self) -> Result<Vec<i32>, ContainerError> {
+        match self.state() {
+            State::Asleep | State::Waking | State::Exited => Ok(Vec::new()),
+            _ => match self.runtime.ps(&self.id).await {
+                Ok(p) => Ok(p),
+                // Gone between the look and the call (a dump just ended it).
+                Err(e) if e.is_not_found() => Ok(Vec::new()),
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
+    /// The pid whose cgroup holds the task's resources now, if it runs.
+    pub fn running_pid(&self) -> Option<i32> {
+        let pid = self.init.pid();
+        (pid > 0 && !matches!(self.state(), State::Asleep | State::Waking | State::Exited))
+            .then_some(pid)
+    }
+
+    /// Waits for a process to end.
+    pub async fn wait(&self, exec_id: &str) -> Result<ExitInfo, ContainerError> {
+        let p = self.exec_process(exec_id)?;
+        Ok(p.wait().await)
+    }
+
+    /// Forgets an exec that has ended; returns its pid and exit.
+    pub fn delete_exec(&self, exec_id: &str) -> Result<(i32, Option<ExitInfo>), ContainerError> {
+        let p = self.exec_process(exec_id)?;
+        if p.pid() > 0 && !p.has_exited() {
+            return Err(ContainerError::ExecRunning(exec_id.to_string()));
+        }
+        self.execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(exec_id);
+        Ok((p.pid(), p.exit()))
+    }
+
+    /// Deletes the container: a sleeping one is ended (its images go), the runtime's
+    /// container removed, everything lightwhale made for it released. Returns init's
+    /// pid and exit.
+    pub async fn delete(self: &Arc<Self>) -> Result<(i32, ExitInfo), ContainerError> {
+        self.deleted.store(true, Ordering::Relaxed);
+        self.lock().stopping = true;
+        while self.settled().await == State::Asleep {
+            if self.claim_exit(Some(State::Asleep)) {
+                let status = 128 + libc::SIGKILL as u32;
+                self.complete_exit(self.init.pid(), status, SystemTime::now())
+                    .await;
+            }
+        }
+        if let Err(e) = self.runtime.delete(&self.id, true).await {
+            // Gone already is what we want.
+            if !e.is_not_found() {
+                return Err(e.into());
+            }
+        }
+        // A created task that never ran is killed by `delete --force`; report its exit.
+        let exit = tokio::time::timeout(Duration::from_secs(10), self.init.wait())
+            .await
+            .map_err(|_| ContainerError::DeleteTimedOut(self.id.clone()))?;
+        self.bundle_state.release_bundle(&self.bundle);
+        self.stop_fill();
+        for t in std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner())) {
+            t.abort();
+        }
+        self.bundle_state.remove_records();
+        let pid = self.init.pid();
+        self.emit(Event::Deleted {
+            id: self.id.clone(),
+            pid,
+            status: exit.status,
+            at: exit.at,
+        });
+        Ok((pid, exit))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_ids_cannot_escape_the_bundle() {
+        assert!(valid_exec_id("abc-123_x.y"));
+        assert!(!valid_exec_id("../x"));
+        assert!(!valid_exec_id(".."));
+        assert!(!valid_exec_id(""));
+        assert!(!valid_exec_id("a/b"));
+        assert!(!valid_exec_id(&"x".repeat(129)));
+    }
+
+    #[test]
+    fn stop_signals() {
+        assert!(is_stop_signal(libc::SIGTERM as u32));
+        assert!(is_stop_signal(libc::SIGKILL as u32));
+        assert!(!is_stop_signal(libc::SIGHUP as u32));
+        assert!(!is_stop_signal(libc::SIGWINCH as u32));
+    }
+}

@@ -1,0 +1,376 @@
+//! Sleep: an idle task is frozen, its sockets taken, and CRIU dumps it; every process
+//! exits and the shim holds the sockets until something needs the task again.
+//!
+//! Transitions: Awake → Sleeping (claimed here) → Asleep on a good dump, or back to
+//! Awake when the dump fails (the task is thawed and serves on), or Exited when the task
+//! died during the dump. When to sleep is the monitor's call; this is the mechanism.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use crate::cgroup::MemoryCgroup;
+use crate::container::{tail, Container};
+use crate::events::{Event, Trigger};
+use crate::hold::Held;
+use crate::hooks::HookError;
+use crate::lazy;
+use crate::runc::CheckpointOpts;
+use crate::runtime::OciRuntime;
+use crate::sockets;
+use crate::state::{State, Transition};
+
+/// Why a container did not go to sleep although asked (or idle). Nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("sleep is off for this container")]
+    Disabled,
+    #[error("the container is {0}")]
+    NotAwake(State),
+    #[error("tasks with a terminal do not sleep")]
+    Terminal,
+    #[error("an exec is running")]
+    ExecRunning,
+    #[error("pages of the last lazy wake are still being filled")]
+    FillRunning,
+    #[error("it was sent a stop signal and is in its grace period")]
+    Stopping,
+    #[error("no listening TCP socket to wake on")]
+    NoListener,
+    #[error("no process of the task holds its listening sockets")]
+    NoHolder,
+    #[error("a request is in flight")]
+    InFlight,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SleepError {
+    #[error("not sleeping: {0}")]
+    Refused(#[from] Refusal),
+    /// A step before the dump failed; the task runs on.
+    #[error("not sleeping: cannot {what}: {source}")]
+    Prepare {
+        what: &'static str,
+        #[source]
+        source: crate::Error,
+    },
+    #[error("pre-sleep-exec failed, sleep cancelled: {0}")]
+    Hook(#[source] HookError),
+    #[error("checkpoint failed: {source}\n--- CRIU dump.log (tail) ---\n{criu_log}")]
+    Dump {
+        #[source]
+        source: crate::Error,
+        criu_log: String,
+    },
+}
+
+impl SleepError {
+    /// A refusal is a normal answer (the task is busy, or cannot sleep); anything else
+    /// is a failure worth keeping for `lightwhale inspect`.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, SleepError::Refused(_) | SleepError::Prepare { .. })
+    }
+}
+
+/// What a good dump leaves: the held sockets and the figures of the sleep.
+struct Dumped {
+    held: Held,
+    usage_before: Option<u64>,
+    took: Duration,
+}
+
+/// How long the exit of a dumped task may take to reach the reaper after the dump.
+const DUMP_EXIT_WAIT: Duration = Duration::from_secs(5);
+
+impl Container {
+    /// Puts the task to sleep now. Refuses (without harm) when it cannot sleep.
+    pub async fn sleep(self: &Arc<Self>) -> Result<(), SleepError> {
+        let _gate = self.sleep_gate.lock().await;
+        if !self.config.enabled {
+            return Err(Refusal::Disabled.into());
+        }
+        match self.settled().await {
+            State::Asleep => return Ok(()),
+            State::Awake => {}
+            other => return Err(Refusal::NotAwake(other).into()),
+        }
+        if self.init.paths.terminal {
+            return Err(Refusal::Terminal.into());
+        }
+        if self.running_execs() > 0 {
+            return Err(Refusal::ExecRunning.into());
+        }
+        if self.lock().stopping {
+            return Err(Refusal::Stopping.into());
+        }
+        if !self.fill_finished(Duration::from_secs(30)).await {
+            return Err(Refusal::FillRunning.into());
+        }
+        if let Some(cmd) = &self.config.pre_sleep_exec {
+            // Run while the task is awake: a kill or an exec meanwhile is not held up.
+            if let Err(e) = crate::hooks::run(self, "pre-sleep", cmd).await {
+                let err = SleepError::Hook(e);
+                self.sleep_failed(&err);
+                return Err(err);
+            }
+        }
+        let pid = self.init.pid();
+        let claimed = self.transition_if(
+            Transition::BeginSleep,
+            |r| !r.stopping,
+            |r| {
+                r.dumping = Some(pid);
+                r.dump_exit = None;
+            },
+        );
+        match claimed {
+            Ok(Some(())) => {}
+            Ok(None) => return Err(Refusal::Stopping.into()),
+            Err(e) => return Err(Refusal::NotAwake(e.from).into()),
+        }
+        match self.freeze_and_dump(pid).await {
+            Ok(dumped) => {
+                self.finish_sleep(dumped).await;
+                Ok(())
+            }
+            Err(e) => {
+                self.abort_sleep(&e).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Frozen first: no connection can be accepted between listing the sockets and the
+    /// dump, so every accepted connection is among the ones held.
+    async fn freeze_and_dump(&self, pid: i32) -> Result<Dumped, SleepError> {
+        self.runtime
+            .pause(&self.id)
+            .await
+            .map_err(|source| SleepError::Prepare {
+                what: "freeze the task",
+                source,
+            })?;
+        let prepared =
+            match take_sockets(self.runtime.as_ref(), &self.id, pid, &self.config.ports).await {
+                Ok(held) => prepare_dirs(&self.image_root).map(|()| held),
+                Err(e) => Err(e),
+            };
+        let held = match prepared {
+            Ok(h) => h,
+            Err(e) => {
+                self.thaw("a refused sleep").await;
+                return Err(e);
+            }
+        };
+        let usage_before = MemoryCgroup::of_pid(pid).and_then(|m| m.usage_bytes());
+        let t0 = Instant::now();
+        let dumped = self
+            .runtime
+            .checkpoint(
+                &self.id,
+                &CheckpointOpts {
+                    image_path: self.images(),
+                    work_path: Some(self.work()),
+                    log_file: self.image_root.join("checkpoint.json"),
+                    ..Default::default()
+                },
+            )
+            .await;
+        if let Err(source) = dumped {
+            // CRIU leaves a task it failed to dump as it found it: frozen.
+            self.thaw("a failed dump").await;
+            return Err(SleepError::Dump {
+                source,
+                criu_log: tail(&self.work().join("dump.log"), 20),
+            });
+        }
+        Ok(Dumped {
+            held,
+            usage_before,
+            took: t0.elapsed(),
+        })
+    }
+
+    async fn thaw(&self, after: &str) {
+        if let Err(e) = self.runtime.resume(&self.id).await {
+            warn!(id = %self.id, "resume after {after}: {e}");
+        }
+    }
+
+    /// The dump is written and the task is gone: Sleeping → Asleep, sockets watched.
+    async fn finish_sleep(self: &Arc<Self>, dumped: Dumped) {
+        // The dumped task's exit is the dump's doing: wait for it here, so it cannot be
+        // mistaken later for the end of a restored incarnation.
+        let deadline = tokio::time::Instant::now() + DUMP_EXIT_WAIT;
+        loop {
+            let notified = self.dump_exited.notified();
+            if self.lock().dump_exit.is_some() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                warn!(id = %self.id, "the dumped task's exit did not arrive");
+                break;
+            }
+        }
+        let pages = lazy::pages_bytes(&self.images());
+        // Done now rather than on the wake path.
+        if let Err(e) = crate::wake::write_restore_bundle(&self.bundle, &self.image_root) {
+            warn!(id = %self.id, "restore bundle (retried at wake): {e}");
+        }
+        let Dumped {
+            mut held,
+            usage_before,
+            took,
+        } = dumped;
+        let ports = held.ports();
+        let weak = Arc::downgrade(self);
+        held.watch(move |seen| {
+            // A task of its own: the wake drops the held sockets, and with them this watch.
+            if let Some(c) = weak.upgrade() {
+                tokio::spawn(async move {
+                    info!(id = %c.id, "connection while asleep: waking");
+                    if let Err(e) = c.wake_since(Trigger::Connection, seen).await {
+                        warn!(id = %c.id, "{e}");
+                    }
+                });
+            }
+        });
+        let done = self.transition_with(Transition::SleepDone, |r| {
+            r.dumping = None;
+            r.dump_exit = None;
+            r.held = Some(held);
+            let s = &mut r.status;
+            s.sleeps += 1;
+            s.last_sleep_ms = Some(took.as_millis() as u64);
+            s.memory_freed_bytes = usage_before;
+            s.pages_bytes = Some(pages);
+            s.held_ports = ports.clone();
+            s.last_error = None;
+        });
+        if let Err(e) = done {
+            // Sleeping is the sleep's own; nothing else moves it. Never leave images of
+            // a task that is not asleep.
+            warn!(id = %self.id, "{e}");
+            self.discard_images();
+            return;
+        }
+        info!(id = %self.id, ms = took.as_millis() as u64, ?ports, "asleep");
+        self.emit(Event::Checkpointed {
+            id: self.id.clone(),
+            images: self.images().display().to_string(),
+        });
+        self.emit(Event::Asleep {
+            id: self.id.clone(),
+            took_ms: took.as_millis() as u64,
+            pages_bytes: pages,
+        });
+    }
+
+    /// The dump did not happen: the task runs on (Sleeping → Awake), unless it died
+    /// meanwhile (Sleeping → Exited, its exit reported as any other).
+    async fn abort_sleep(&self, e: &SleepError) {
+        self.discard_images();
+        let aborted = self.transition_if(
+            Transition::SleepAborted,
+            |r| r.dump_exit.is_none(),
+            |r| r.dumping = None,
+        );
+        if let Ok(None) = aborted {
+            let exit = self.lock().dump_exit.take();
+            if let Some(exit) = exit {
+                if self.claim_exit(None) {
+                    self.complete_exit(exit.pid, exit.status as u32, exit.at)
+                        .await;
+                }
+            }
+        }
+        if !e.is_refusal() {
+            self.sleep_failed(e);
+        }
+    }
+
+    fn sleep_failed(&self, e: &SleepError) {
+        warn!(id = %self.id, "{e}");
+        self.record_error(e);
+        self.emit(Event::SleepFailed {
+            id: self.id.clone(),
+            reason: e.to_string(),
+        });
+    }
+}
+
+/// Fresh, root-only directories for the images (they hold the task's memory).
+fn prepare_dirs(image_root: &Path) -> Result<(), SleepError> {
+    crate::bundle::remove_dir_quiet(image_root);
+    for d in [
+        image_root.to_path_buf(),
+        image_root.join("images"),
+        image_root.join("work"),
+    ] {
+        create_private_dir(&d).map_err(|source| SleepError::Prepare {
+            what: "create the image directory",
+            source: crate::Error::Io {
+                what: "create",
+                path: d.clone(),
+                source,
+            },
+        })?;
+    }
+    Ok(())
+}
+
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+}
+
+/// Listeners (with SO_REUSEPORT set) and established connections of a frozen task.
+async fn take_sockets(
+    runtime: &dyn OciRuntime,
+    id: &str,
+    pid: i32,
+    ports: &[u16],
+) -> Result<Held, SleepError> {
+    let prepare = |what| move |source| SleepError::Prepare { what, source };
+    let pids = runtime
+        .ps(id)
+        .await
+        .map_err(prepare("list the task's processes"))?;
+    let listeners = sockets::listeners(pid, ports);
+    if listeners.is_empty() {
+        return Err(Refusal::NoListener.into());
+    }
+    let mut inodes: Vec<u64> = listeners.iter().map(|l| l.inode).collect();
+    let established = sockets::established(pid);
+    inodes.extend(&established);
+    let holders = sockets::socket_holders(&pids, &inodes);
+    let mut held = Vec::new();
+    for l in &listeners {
+        let Some(&(hpid, fd)) = holders.get(&l.inode) else {
+            continue;
+        };
+        let dup = sockets::dup_from(hpid, fd).map_err(prepare("duplicate a listener"))?;
+        sockets::set_reuseport(&dup).map_err(prepare("set SO_REUSEPORT on a listener"))?;
+        held.push((l.port, dup));
+    }
+    if held.is_empty() {
+        return Err(Refusal::NoHolder.into());
+    }
+    let mut conns = Vec::new();
+    for inode in &established {
+        if let Some(&(hpid, fd)) = holders.get(inode) {
+            let conn = sockets::dup_from(hpid, fd).map_err(prepare("duplicate a connection"))?;
+            if sockets::awaiting_reply(&conn).unwrap_or(false) {
+                return Err(Refusal::InFlight.into());
+            }
+            conns.push(conn);
+        }
+    }
+    Ok(Held::new(held, conns))
+}

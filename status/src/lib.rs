@@ -1,0 +1,322 @@
+//! The records shared by the shim that writes them and the `lightwhale` CLI that reads
+//! them: one definition, so a field added on one side cannot silently be missing on the
+//! other.
+//!
+//! Each container has a status file, `<dir>/<namespace>/<id>.json`, rewritten atomically on
+//! every change of state, and a control socket beside it (`<id>.sock`) that takes one
+//! [`Command`] line and answers one [`Reply`] line of JSON.
+//!
+//! Versioning: every record carries [`ContainerStatus::schema`]. A reader that finds a
+//! schema newer than [`SCHEMA`] refuses with [`ReadError::Newer`] ("upgrade lightwhale")
+//! instead of misreading; fields added within a schema are optional, so an older file
+//! still reads.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The schema this build writes and understands. Bump it when a field changes meaning
+/// or is removed; adding an optional field does not need a bump.
+pub const SCHEMA: u32 = 1;
+
+/// Where shims keep status files and control sockets by default.
+pub const CONTAINERS_DIR: &str = "/run/lightwhale/containers";
+
+/// The life of a container under lightwhale. Every transition between these is made in
+/// one place, `lightwhale_engine::state`; see the diagram in `docs/design.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// `runc create` done, the entrypoint not started yet.
+    #[default]
+    Created,
+    /// Running as under runc.
+    Awake,
+    /// Frozen by the user (`docker pause`): never put to sleep.
+    Paused,
+    /// Being checkpointed: frozen, sockets taken, CRIU dumping.
+    Sleeping,
+    /// Checkpointed: no process; the shim holds the sockets and wakes it on a connection.
+    Asleep,
+    /// Being restored.
+    Waking,
+    /// The task ended for good (its exit was reported).
+    Exited,
+}
+
+impl State {
+    /// Whether the task counts as running for containerd (Docker shows it "Up").
+    pub fn is_running(self) -> bool {
+        matches!(
+            self,
+            State::Awake | State::Sleeping | State::Asleep | State::Waking
+        )
+    }
+
+    /// Whether a transition is under way: others wait for it to end.
+    pub fn in_transition(self) -> bool {
+        matches!(self, State::Sleeping | State::Waking)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Created => "created",
+            State::Awake => "awake",
+            State::Paused => "paused",
+            State::Sleeping => "sleeping",
+            State::Asleep => "asleep",
+            State::Waking => "waking",
+            State::Exited => "exited",
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What `lightwhale ps` and `lightwhale inspect` show about one container.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default)]
+pub struct ContainerStatus {
+    /// See [`SCHEMA`]. Files written before versioning have none and read as 1.
+    pub schema: u32,
+    pub id: String,
+    pub namespace: String,
+    pub state: State,
+    /// When the current state began (ms since the Unix epoch).
+    pub since_unix_ms: u64,
+    pub sleeps: u64,
+    pub wakes: u64,
+    pub last_sleep_ms: Option<u64>,
+    pub last_wake_ms: Option<u64>,
+    /// Memory charged to the container's cgroup right before its last sleep.
+    pub memory_freed_bytes: Option<u64>,
+    /// Bytes of memory pages in the checkpoint (what an eager restore reads back).
+    pub pages_bytes: Option<u64>,
+    /// Ports whose listeners the shim holds while the container sleeps.
+    pub held_ports: Vec<u16>,
+    /// Where the last wake's time went.
+    pub last_wake_phases: Option<WakePhases>,
+    pub last_error: Option<String>,
+    pub config: ConfigView,
+}
+
+impl ContainerStatus {
+    pub fn new(namespace: &str, id: &str, config: ConfigView) -> Self {
+        ContainerStatus {
+            schema: SCHEMA,
+            id: id.to_string(),
+            namespace: namespace.to_string(),
+            config,
+            ..Default::default()
+        }
+    }
+}
+
+/// The sleep configuration in force for a container, as resolved at create.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+#[serde(default)]
+pub struct ConfigView {
+    pub sleep: bool,
+    pub idle_timeout_ms: u64,
+    pub ports: Vec<u16>,
+    pub criu_profile: String,
+    pub criu_profile_path: PathBuf,
+    /// `<image dir>/<namespace>/<id>`: checkpoint images and CRIU's logs.
+    pub image_dir: PathBuf,
+    /// `auto`, `on` or `off`.
+    pub lazy_pages: String,
+    pub lazy_pages_threshold_bytes: u64,
+}
+
+/// Where a wake's time went, in milliseconds from the trigger (a connection seen on a
+/// held socket, or a request that needs the task awake).
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default)]
+pub struct WakePhases {
+    pub trigger: String,
+    /// Post-copy restore (pages follow the task) rather than eager.
+    pub lazy: bool,
+    /// Trigger to the start of the wake (waiting for a transition under way).
+    pub queued_ms: f64,
+    /// Starting the `criu lazy-pages` daemon until it listens.
+    pub lazy_daemon_ms: Option<f64>,
+    /// `runc restore`, CRIU included.
+    pub runc_restore_ms: f64,
+    /// CRIU's own restore, from its log (runc's share is the difference).
+    pub criu_restore_ms: Option<f64>,
+    /// Trigger to the held listeners handed over to the restored task: from here on the
+    /// task itself answers.
+    pub total_ms: f64,
+    /// With `lazy`: the restore's end until the daemon had every page back.
+    pub fill_ms: Option<f64>,
+    /// A lazy restore that fell back to eager, and why.
+    pub fallback: Option<String>,
+}
+
+/// One line sent to a container's control socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Sleep,
+    Wake,
+    Status,
+}
+
+impl Command {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Sleep => "sleep",
+            Command::Wake => "wake",
+            Command::Status => "status",
+        }
+    }
+
+    pub fn parse(line: &str) -> Option<Command> {
+        match line.trim() {
+            "sleep" => Some(Command::Sleep),
+            "wake" => Some(Command::Wake),
+            "status" => Some(Command::Status),
+            _ => None,
+        }
+    }
+}
+
+/// The control socket's answer: whether the command succeeded, and the status after it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub status: ContainerStatus,
+}
+
+/// The status file of container `id` in containerd namespace `namespace` under `dir`.
+pub fn status_path(dir: &Path, namespace: &str, id: &str) -> PathBuf {
+    dir.join(namespace).join(format!("{id}.json"))
+}
+
+/// The control socket of container `id` in containerd namespace `namespace` under `dir`.
+pub fn control_path(dir: &Path, namespace: &str, id: &str) -> PathBuf {
+    dir.join(namespace).join(format!("{id}.sock"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a lightwhale status record: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "{path} was written by a newer lightwhale shim (status schema {found}; this lightwhale reads up to {SCHEMA}): upgrade the lightwhale CLI"
+    )]
+    Newer { path: PathBuf, found: u32 },
+}
+
+/// Parses a status record, refusing one from a newer schema rather than misreading it.
+pub fn parse_status(bytes: &[u8], path: &Path) -> Result<ContainerStatus, ReadError> {
+    let json = |source| ReadError::Json {
+        path: path.to_path_buf(),
+        source,
+    };
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(json)?;
+    if !value.is_object() {
+        return Err(json(serde::de::Error::custom("expected a JSON object")));
+    }
+    let found = value
+        .get("schema")
+        .and_then(serde_json::Value::as_u64)
+        .map(|s| u32::try_from(s).unwrap_or(u32::MAX))
+        .unwrap_or(1);
+    if found > SCHEMA {
+        return Err(ReadError::Newer {
+            path: path.to_path_buf(),
+            found,
+        });
+    }
+    let mut status: ContainerStatus = serde_json::from_value(value).map_err(json)?;
+    status.schema = found;
+    Ok(status)
+}
+
+/// Reads the status file at `path` (see [`parse_status`]).
+pub fn read_status(path: &Path) -> Result<ContainerStatus, ReadError> {
+    let bytes = std::fs::read(path).map_err(|source| ReadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_status(&bytes, path)
+}
+
+/// Writes a status record atomically: a reader sees the old file or the new, never half.
+pub fn write_status(path: &Path, status: &ContainerStatus) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_state_names() {
+        let mut s = ContainerStatus::new("moby", "abc", ConfigView::default());
+        s.state = State::Asleep;
+        s.held_ports = vec![8080];
+        let bytes = serde_json::to_vec(&s).expect("json");
+        let text = String::from_utf8_lossy(&bytes).to_string();
+        assert!(text.contains("\"state\":\"asleep\""), "{text}");
+        let back = parse_status(&bytes, Path::new("x.json")).expect("parse");
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_by_name() {
+        let text = br#"{"schema": 7, "id": "abc", "state": "dozing", "brand_new": 1}"#;
+        let e = parse_status(text, Path::new("/run/x.json")).expect_err("newer");
+        let msg = e.to_string();
+        assert!(msg.contains("newer lightwhale shim"), "{msg}");
+        assert!(msg.contains("schema 7"), "{msg}");
+    }
+
+    #[test]
+    fn an_unversioned_file_reads_as_schema_one() {
+        let text = br#"{"id": "abc", "namespace": "moby", "state": "awake", "sleeps": 2,
+            "config": {"sleep": true, "idle_timeout_ms": 2000}}"#;
+        let s = parse_status(text, Path::new("x.json")).expect("legacy");
+        assert_eq!(s.schema, 1);
+        assert_eq!(s.state, State::Awake);
+        assert_eq!(s.sleeps, 2);
+        assert_eq!(s.config.idle_timeout_ms, 2000);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bad in [&b""[..], b"{", b"[]", b"{\"state\": 3}", b"\xff\xfe"] {
+            assert!(parse_status(bad, Path::new("x.json")).is_err());
+        }
+    }
+
+    #[test]
+    fn commands_parse() {
+        for c in [Command::Sleep, Command::Wake, Command::Status] {
+            assert_eq!(Command::parse(&format!("{}\n", c.as_str())), Some(c));
+        }
+        assert_eq!(Command::parse("dance"), None);
+    }
+}
