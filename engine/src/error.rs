@@ -26,18 +26,31 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("bundle {path}: {message}")]
-    Bundle { path: PathBuf, message: String },
+    #[error("{path}: not a valid OCI spec: {source}")]
+    Spec {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: not a valid OCI spec: the top level is not an object")]
+    SpecNotObject { path: PathBuf },
+    #[error("stdio {uri:?}: {reason}")]
+    StdioUri { uri: String, reason: &'static str },
     #[error("invalid JSON from {what}: {source}")]
     Json {
         what: &'static str,
         #[source]
         source: serde_json::Error,
     },
-    #[error("network namespace {path}: {message}")]
-    Netns { path: PathBuf, message: String },
-    #[error("criu lazy-pages {message}\n--- lazy-pages.log (tail) ---\n{log_tail}")]
-    LazyPages { message: String, log_tail: String },
+    #[error("network namespace {path}: cannot {what}: {source}")]
+    Netns {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("criu lazy-pages {why}\n--- lazy-pages.log (tail) ---\n{log_tail}")]
+    LazyPages { why: LazyFailure, log_tail: String },
     #[error("{what}: {source}")]
     Sys {
         what: &'static str,
@@ -55,6 +68,19 @@ pub enum RuntimeErrorKind {
     /// The container exists but its process has stopped.
     NotRunning,
     Other,
+}
+
+/// Why a `criu lazy-pages` daemon could not serve a restore.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LazyFailure {
+    #[error("exited before it was ready")]
+    ExitedEarly,
+    #[error("exited with status {0} before it was ready")]
+    ExitedWith(i32),
+    #[error("was not ready within {0:?}")]
+    NotReady(std::time::Duration),
+    #[error("readiness could not be awaited")]
+    ReadinessLost,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -11,7 +11,9 @@ use crate::runc::{ExecOpts, ProcessIo};
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
     #[error("cannot read the container's spec: {0}")]
-    Spec(String),
+    Spec(#[source] std::io::Error),
+    #[error("the container's spec has no process to take the user, env and cwd from")]
+    NoProcess,
     #[error("cannot prepare the hook: {0}")]
     Io(#[source] std::io::Error),
     #[error("{source}; output: {output:?}")]
@@ -28,11 +30,11 @@ pub enum HookError {
 /// timeout, and returns its output on failure.
 pub async fn run(c: &Container, name: &str, args: &[String]) -> Result<(), HookError> {
     let spec: Value = std::fs::read(c.bundle.join("config.json"))
-        .map_err(|e| HookError::Spec(e.to_string()))
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| HookError::Spec(e.to_string())))?;
+        .and_then(|b| serde_json::from_slice(&b).map_err(std::io::Error::other))
+        .map_err(HookError::Spec)?;
     let mut process = spec.get("process").cloned().unwrap_or(Value::Null);
     let Some(obj) = process.as_object_mut() else {
-        return Err(HookError::Spec("the spec has no process".into()));
+        return Err(HookError::NoProcess);
     };
     obj.insert("args".into(), serde_json::json!(args));
     obj.insert("terminal".into(), Value::Bool(false));

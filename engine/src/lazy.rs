@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::error::LazyFailure;
 use crate::reaper::{self, Exit};
 use crate::{Error, Result};
 
@@ -104,14 +105,11 @@ impl LazyPages {
         let outcome = tokio::select! {
             r = tokio::time::timeout(ready_within, ready) => match r {
                 Ok(Ok(true)) => Ok(()),
-                Ok(Ok(false)) => Err("exited before it was ready".to_string()),
-                Ok(Err(e)) => Err(format!("readiness wait failed: {e}")),
-                Err(_) => Err(format!("not ready within {ready_within:?}")),
+                Ok(Ok(false)) => Err(LazyFailure::ExitedEarly),
+                Ok(Err(_)) => Err(LazyFailure::ReadinessLost),
+                Err(_) => Err(LazyFailure::NotReady(ready_within)),
             },
-            e = &mut exit => Err(format!(
-                "exited with status {} before it was ready",
-                e.map(|e| e.status).unwrap_or(255)
-            )),
+            e = &mut exit => Err(LazyFailure::ExitedWith(e.map(|e| e.status).unwrap_or(255))),
         };
         daemon.exit = Some(exit);
         match outcome {
@@ -119,7 +117,7 @@ impl LazyPages {
             Err(why) => {
                 daemon.kill();
                 Err(Error::LazyPages {
-                    message: why,
+                    why,
                     log_tail: daemon.log_tail(10),
                 })
             }

@@ -15,10 +15,11 @@ use nix::sched::{unshare, CloneFlags};
 
 use crate::{Error, Result};
 
-fn err(path: &Path, message: impl Into<String>) -> Error {
+fn err(path: &Path, what: &'static str, source: impl Into<std::io::Error>) -> Error {
     Error::Netns {
         path: path.to_path_buf(),
-        message: message.into(),
+        what,
+        source: source.into(),
     }
 }
 
@@ -38,7 +39,7 @@ pub fn create_pinned(path: &Path) -> Result<()> {
     // unshare(CLONE_NEWNET) changes only the calling thread, so a short-lived thread
     // makes the namespace and leaves the shim's own threads where they were.
     let joined = std::thread::spawn(move || -> Result<()> {
-        unshare(CloneFlags::CLONE_NEWNET).map_err(|e| err(&target, format!("unshare: {e}")))?;
+        unshare(CloneFlags::CLONE_NEWNET).map_err(|e| err(&target, "unshare", e))?;
         mount(
             Some("/proc/thread-self/ns/net"),
             &target,
@@ -46,8 +47,8 @@ pub fn create_pinned(path: &Path) -> Result<()> {
             MsFlags::MS_BIND,
             None::<&str>,
         )
-        .map_err(|e| err(&target, format!("bind mount: {e}")))?;
-        loopback_up().map_err(|e| err(&target, format!("bring lo up: {e}")))?;
+        .map_err(|e| err(&target, "bind-mount", e))?;
+        loopback_up().map_err(|e| err(&target, "bring lo up", e))?;
         // Absent on kernels before 5.14: the namespace still works, only the wake
         // handover of queued connections would not.
         if let Err(e) = std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", "1") {
@@ -58,7 +59,11 @@ pub fn create_pinned(path: &Path) -> Result<()> {
     .join();
     let result = match joined {
         Ok(r) => r,
-        Err(_) => Err(err(path, "namespace thread panicked")),
+        Err(_) => Err(err(
+            path,
+            "create",
+            std::io::Error::other("the namespace thread panicked"),
+        )),
     };
     if result.is_err() {
         let _ = remove_pinned(path);
@@ -70,7 +75,7 @@ pub fn create_pinned(path: &Path) -> Result<()> {
 pub fn remove_pinned(path: &Path) -> Result<()> {
     match umount2(path, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-        Err(e) => return Err(err(path, format!("unmount: {e}"))),
+        Err(e) => return Err(err(path, "unmount", e)),
     }
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),

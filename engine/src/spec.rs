@@ -19,22 +19,16 @@ impl BundleSpec {
     pub fn load(bundle: &Path) -> Result<BundleSpec> {
         let path = bundle.join("config.json");
         let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
-        let doc: Value = serde_json::from_slice(&bytes).map_err(|e| Error::Bundle {
+        let doc: Value = serde_json::from_slice(&bytes).map_err(|source| Error::Spec {
             path: path.clone(),
-            message: format!("not a valid OCI spec: {e}"),
+            source,
         })?;
         if !doc.is_object() {
-            return Err(Error::Bundle {
-                path,
-                message: "not a valid OCI spec: top level is not an object".into(),
-            });
+            return Err(Error::SpecNotObject { path });
         }
         // Typed parsing catches specs runc would reject anyway, with a clearer message.
-        if let Err(e) = serde_json::from_value::<oci_spec::runtime::Spec>(doc.clone()) {
-            return Err(Error::Bundle {
-                path,
-                message: format!("not a valid OCI spec: {e}"),
-            });
+        if let Err(source) = serde_json::from_value::<oci_spec::runtime::Spec>(doc.clone()) {
+            return Err(Error::Spec { path, source });
         }
         Ok(BundleSpec { path, doc })
     }

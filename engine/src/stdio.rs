@@ -51,9 +51,9 @@ impl Sink {
         if let Some(rest) = uri.strip_prefix("binary://") {
             let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
             if path.is_empty() {
-                return Err(Error::Bundle {
-                    path: PathBuf::from(uri),
-                    message: "binary:// URI without a path".into(),
+                return Err(Error::StdioUri {
+                    uri: uri.to_string(),
+                    reason: "binary:// URI without a path",
                 });
             }
             let mut args = Vec::new();
@@ -70,10 +70,9 @@ impl Sink {
             });
         }
         if uri.contains("://") {
-            return Err(Error::Bundle {
-                path: PathBuf::from(uri),
-                message: "unsupported stdio URI scheme (supported: fifo paths, file://, binary://)"
-                    .into(),
+            return Err(Error::StdioUri {
+                uri: uri.to_string(),
+                reason: "unsupported stdio URI scheme (supported: fifo paths, file://, binary://)",
             });
         }
         Ok(Sink::Fifo(PathBuf::from(uri)))
