@@ -35,10 +35,9 @@ async fn next_tick(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, runc and CRIU: make test runs it"]
 async fn checkpoint_and_restore_keep_memory_stdio_and_network() {
-    if !common::privileged_or_skip("runc driver checkpoint/restore") {
-        return;
-    }
+    common::require_privileges("runc driver checkpoint/restore");
     reaper::set_subreaper().expect("subreaper");
     reaper::install().expect("reaper");
 
@@ -202,10 +201,9 @@ async fn checkpoint_and_restore_keep_memory_stdio_and_network() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, runc and CRIU: make test runs it"]
 async fn runc_errors_reach_the_caller() {
-    if !common::privileged_or_skip("runc driver errors") {
-        return;
-    }
+    common::require_privileges("runc driver errors");
     reaper::set_subreaper().expect("subreaper");
     reaper::install().expect("reaper");
     let dir = tempfile::tempdir().expect("tempdir");

@@ -8,10 +8,9 @@ use std::time::Duration;
 use common::*;
 
 #[test]
+#[ignore = "needs the real stack (root, runc, CRIU, containerd, dockerd): make test runs it"]
 fn run_rm_output_and_exit_codes_match_runc() {
-    if !stack_or_skip("docker run --rm") {
-        return;
-    }
+    require_stack("docker run --rm");
     let cases: &[(&str, i32)] = &[
         ("echo out; echo err >&2; exit 0", 0),
         ("echo three; exit 3", 3),
@@ -47,10 +46,9 @@ fn run_rm_output_and_exit_codes_match_runc() {
 }
 
 #[test]
+#[ignore = "needs the real stack (root, runc, CRIU, containerd, dockerd): make test runs it"]
 fn stdin_and_terminal_match_runc() {
-    if !stack_or_skip("docker run -i / -t") {
-        return;
-    }
+    require_stack("docker run -i / -t");
     for rt in RUNTIMES {
         // stdin through pipes, EOF reaches the process.
         let out = run_stdin(
@@ -99,10 +97,9 @@ fn stdin_and_terminal_match_runc() {
 }
 
 #[test]
+#[ignore = "needs the real stack (root, runc, CRIU, containerd, dockerd): make test runs it"]
 fn exec_logs_and_signals_match_runc() {
-    if !stack_or_skip("docker exec/logs/kill") {
-        return;
-    }
+    require_stack("docker exec/logs/kill");
     for rt in RUNTIMES {
         let name = unique("exec");
         let _c = Cleanup(vec![name.clone()]);
@@ -169,10 +166,9 @@ fn exec_logs_and_signals_match_runc() {
 }
 
 #[test]
+#[ignore = "needs the real stack (root, runc, CRIU, containerd, dockerd): make test runs it"]
 fn stop_falls_back_to_sigkill_like_runc() {
-    if !stack_or_skip("docker stop timeout") {
-        return;
-    }
+    require_stack("docker stop timeout");
     for rt in RUNTIMES {
         let name = unique("stop");
         let _c = Cleanup(vec![name.clone()]);
@@ -223,10 +219,9 @@ fn stop_falls_back_to_sigkill_like_runc() {
 }
 
 #[test]
+#[ignore = "needs the real stack (root, runc, CRIU, containerd, dockerd): make test runs it"]
 fn pause_stats_update_match_runc() {
-    if !stack_or_skip("docker pause/stats/update") {
-        return;
-    }
+    require_stack("docker pause/stats/update");
     for rt in RUNTIMES {
         let name = unique("pause");
         let _c = Cleanup(vec![name.clone()]);
@@ -281,10 +276,9 @@ fn pause_stats_update_match_runc() {
 }
 
 #[test]
+#[ignore = "needs the real stack (root, runc, CRIU, containerd, dockerd): make test runs it"]
 fn oom_kill_is_reported_like_runc() {
-    if !stack_or_skip("docker OOM") {
-        return;
-    }
+    require_stack("docker OOM");
     for rt in RUNTIMES {
         let name = unique("oom");
         let _c = Cleanup(vec![name.clone()]);
@@ -310,10 +304,9 @@ fn oom_kill_is_reported_like_runc() {
 }
 
 #[test]
+#[ignore = "needs the real stack (root, runc, CRIU, containerd, dockerd): make test runs it"]
 fn restart_on_failure_matches_runc() {
-    if !stack_or_skip("docker --restart") {
-        return;
-    }
+    require_stack("docker --restart");
     for rt in RUNTIMES {
         let name = unique("restart");
         let _c = Cleanup(vec![name.clone()]);
@@ -345,10 +338,9 @@ fn restart_on_failure_matches_runc() {
 }
 
 #[test]
+#[ignore = "needs the real stack (root, runc, CRIU, containerd, dockerd): make test runs it"]
 fn published_port_serves_http() {
-    if !stack_or_skip("docker -p") {
-        return;
-    }
+    require_stack("docker -p");
     for rt in RUNTIMES {
         let name = unique("http");
         let _c = Cleanup(vec![name.clone()]);
@@ -382,10 +374,9 @@ fn published_port_serves_http() {
 }
 
 #[test]
+#[ignore = "needs the real stack (root, runc, CRIU, containerd, dockerd): make test runs it"]
 fn two_containers_on_a_user_network_talk() {
-    if !stack_or_skip("docker user network") {
-        return;
-    }
+    require_stack("docker user network");
     let network = Network::create("net");
     let net = network.0.clone();
     for rt in RUNTIMES {
@@ -437,10 +428,9 @@ fn two_containers_on_a_user_network_talk() {
 }
 
 #[test]
+#[ignore = "needs the real stack (root, runc, CRIU, containerd, dockerd): make test runs it"]
 fn shim_netns_is_pinned_and_removed() {
-    if !stack_or_skip("pinned network namespace") {
-        return;
-    }
+    require_stack("pinned network namespace");
     let name = unique("netns");
     let _c = Cleanup(vec![name.clone()]);
     let id = docker(&[

@@ -50,10 +50,9 @@ fn anonymous_kib(pid: i32) -> u64 {
 }
 
 #[test]
+#[ignore = "needs the real stack (root, runc, CRIU, containerd, dockerd): make test runs it"]
 fn lazy_wake_answers_keeps_state_and_brings_every_page_back() {
-    if !stack_or_skip("lazy-pages wake") {
-        return;
-    }
+    require_stack("lazy-pages wake");
     let name = unique("lazy");
     let _c = Cleanup(vec![name.clone()]);
     let port = free_port();
@@ -113,10 +112,9 @@ fn lazy_wake_answers_keeps_state_and_brings_every_page_back() {
 }
 
 #[test]
+#[ignore = "needs the real stack (root, runc, CRIU, containerd, dockerd): make test runs it"]
 fn a_lazy_pages_daemon_that_cannot_start_falls_back_to_an_eager_restore() {
-    if !stack_or_skip("lazy-pages fallback") {
-        return;
-    }
+    require_stack("lazy-pages fallback");
     let name = unique("lazyfb");
     let _c = Cleanup(vec![name.clone()]);
     let port = free_port();
@@ -152,10 +150,9 @@ fn a_lazy_pages_daemon_that_cannot_start_falls_back_to_an_eager_restore() {
 /// CRIU restores each tmpfs (/dev, Docker's masked paths) through `tar`, which lightwhale
 /// replaces with a faster one on the restore path: the contents must come back the same.
 #[test]
+#[ignore = "needs the real stack (root, runc, CRIU, containerd, dockerd): make test runs it"]
 fn tmpfs_contents_are_the_same_after_a_wake() {
-    if !stack_or_skip("tmpfs contents across a wake") {
-        return;
-    }
+    require_stack("tmpfs contents across a wake");
     let name = unique("tmpfs");
     let _c = Cleanup(vec![name.clone()]);
     let port = free_port();

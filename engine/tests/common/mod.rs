@@ -1,13 +1,16 @@
-//! Helpers for the privileged engine tests: a busybox bundle, and the rule that these
-//! tests may skip only outside CI.
+//! Helpers for the privileged engine tests: busybox and python bundles, and the rule for
+//! what they need.
+//!
+//! These tests are `#[ignore]`d with the reason, so a plain `cargo test` reports them as
+//! ignored (never as passed). `make test` runs them with `--include-ignored` after
+//! installing what they need; once asked to run, a missing dependency fails the test.
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
-/// Returns false (test skipped, reason printed) when the host cannot run containers,
-/// and panics instead when `CI=true`: in CI a missing dependency is a failure.
-pub fn privileged_or_skip(what: &str) -> bool {
+/// Fails the test, naming what is missing, when this host cannot run containers.
+pub fn require_privileges(what: &str) {
     let mut missing = Vec::new();
     if let Some(m) = lightwhale_engine::privilege::describe_missing() {
         missing.push(m);
@@ -20,17 +23,11 @@ pub fn privileged_or_skip(what: &str) -> bool {
     if !Path::new(BUSYBOX).is_file() {
         missing.push(format!("{BUSYBOX} (package busybox-static)"));
     }
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "{what}: CI must run this test, but this host lacks {}",
-            missing.join(", ")
-        );
-    }
-    eprintln!("SKIP {what}: needs {}", missing.join(", "));
-    false
+    assert!(
+        missing.is_empty(),
+        "{what}: this test needs {} (make test installs them)",
+        missing.join(", ")
+    );
 }
 
 pub const BUSYBOX: &str = "/bin/busybox";
@@ -71,6 +68,73 @@ pub fn busybox_bundle(dir: &Path, args: &[&str], netns: Option<&Path>) -> PathBu
     }
     std::fs::write(&path, serde_json::to_vec_pretty(&spec).expect("json")).expect("write spec");
     bundle
+}
+
+/// A bundle running `args` with the host's /usr mounted read-only (python3 and its
+/// libraries, without copying them) over a busybox rootfs; `env` is added to the
+/// process's environment. The network namespace is left for the engine to make.
+pub fn host_usr_bundle(dir: &Path, args: &[&str], env: &[&str]) -> PathBuf {
+    let bundle = busybox_bundle(dir, &["true"], None);
+    let rootfs = bundle.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("usr")).expect("mkdir usr");
+    for (link, to) in [("lib", "usr/lib"), ("lib64", "usr/lib64")] {
+        std::os::unix::fs::symlink(to, rootfs.join(link)).expect("symlink lib");
+    }
+    let path = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("read spec")).expect("spec json");
+    spec["process"]["args"] = args.iter().map(|a| serde_json::Value::from(*a)).collect();
+    if let Some(list) = spec["process"]["env"].as_array_mut() {
+        list.extend(env.iter().map(|e| serde_json::Value::from(*e)));
+    }
+    if let Some(mounts) = spec["mounts"].as_array_mut() {
+        mounts.push(serde_json::json!({
+            "destination": "/usr", "type": "bind", "source": "/usr",
+            "options": ["rbind", "ro", "nosuid", "nodev"]
+        }));
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec).expect("json")).expect("write spec");
+    bundle
+}
+
+/// Host pids whose cgroup path names `id`: none means no process of the container exists.
+pub fn processes_of(id: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .map(|c| c.lines().any(|l| l.ends_with(&format!("/{id}"))))
+            .unwrap_or(false)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// An HTTP GET of `path` on 127.0.0.1:`port` inside `netns`: (status line, body), or
+/// None when no answer came within `timeout`.
+pub fn get_in(
+    netns: &Path,
+    port: u16,
+    path: &str,
+    timeout: std::time::Duration,
+) -> Option<(String, String)> {
+    let path = path.to_string();
+    in_netns(netns, move || {
+        use std::io::{Read, Write};
+        let mut s =
+            std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), timeout).ok()?;
+        s.set_read_timeout(Some(timeout)).ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        Some((head.lines().next()?.to_string(), body.to_string()))
+    })
 }
 
 /// Runs `f` on a thread that has entered the network namespace at `netns`.
