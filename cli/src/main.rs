@@ -2,236 +2,298 @@
 //!
 //! Each shim keeps, per container, a status file and a control socket under
 //! `/run/lightwhale/containers/<namespace>/<id>.{json,sock}`; this tool reads the one and
-//! talks to the other, so it needs no daemon of its own.
+//! talks to the other, so it needs no daemon of its own. Records of deleted containers
+//! are kept under `/run/lightwhale/exited` (`ps -a`, `inspect` of an ended container).
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod control;
+mod docker;
+mod inspect;
+mod resolve;
+mod store;
+mod view;
 
-use anyhow::{anyhow, bail, Context, Result};
-use lightwhale_status::{ContainerStatus, Reply, State};
+use std::collections::HashMap;
+use std::io::{ErrorKind, Write};
+use std::path::Path;
+use std::process::ExitCode;
 
-const DIR: &str = lightwhale_status::CONTAINERS_DIR;
+use anyhow::{bail, Result};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use lightwhale_status::{Command, ContainerStatus};
 
-const USAGE: &str = "usage: lightwhale <command>
-  ps [--json]          lightwhale containers: awake or asleep, since when, last sleep and
-                       wake durations, memory freed
-  sleep ID             checkpoint the container now (it wakes on the next connection)
-  wake ID              restore a sleeping container now
-  inspect ID           configuration in force, counters, last error (with CRIU's log tail)
-ID is a container id or a unique prefix of one; -n NAMESPACE narrows the search.";
+use crate::docker::Docker;
+use crate::store::Entry;
 
-struct Entry {
-    namespace: String,
-    id: String,
-    status: ContainerStatus,
+/// The operator's view of containers that lightwhale puts to sleep (checkpoints with
+/// CRIU when idle) and wakes on the next connection.
+#[derive(Debug, Parser)]
+#[command(name = "lightwhale", version, propagate_version = true)]
+#[command(
+    after_help = "ID is a full container id, a unique prefix of one, a name \
+    recorded by the shim (Kubernetes, nerdctl) or a Docker container name."
+)]
+struct Cli {
+    /// Only look at containers in this containerd namespace (Docker's is `moby`,
+    /// Kubernetes' `k8s.io`).
+    #[arg(short, long, global = true, value_name = "NS")]
+    namespace: Option<String>,
+
+    #[command(subcommand)]
+    command: Cmd,
 }
 
-/// Every readable status record under `dir`; a record this CLI cannot read is reported
-/// on stderr (a newer shim's says so) and skipped.
-fn entries(dir: &Path) -> Vec<Entry> {
-    let mut out = Vec::new();
-    let Ok(namespaces) = std::fs::read_dir(dir) else {
-        return out;
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// List lightwhale containers: awake or asleep, since when, last sleep and wake
+    /// durations, memory freed, and why an awake one is not asleep.
+    Ps {
+        /// Output format: an aligned table, or the status records as a JSON array.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Also show containers that have exited, deleted ones included (hidden by
+        /// default, as in `docker ps`).
+        #[arg(short, long)]
+        all: bool,
+        /// The same as `--format json` (the flag of earlier versions).
+        #[arg(long, hide = true)]
+        json: bool,
+    },
+    /// Checkpoint a container now; it wakes on its next connection.
+    Sleep {
+        /// The container: id, unique id prefix, or name.
+        id: String,
+    },
+    /// Restore a sleeping container now.
+    Wake {
+        /// The container: id, unique id prefix, or name.
+        id: String,
+    },
+    /// Show one container's record: configuration in force, counters, the reason it is
+    /// not asleep, and its last error (with the tail of CRIU's log).
+    Inspect {
+        /// The container: id, unique id prefix, or name.
+        id: String,
+        /// Output format: the status record as JSON, or a readable summary.
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
+    /// Print a shell completion script, e.g. `lightwhale completions bash >
+    /// /etc/bash_completion.d/lightwhale`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+/// The shells with completion scripts (a subset of clap_complete's, the ones supported).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+impl From<Shell> for clap_complete::Shell {
+    fn from(s: Shell) -> Self {
+        match s {
+            Shell::Bash => clap_complete::Shell::Bash,
+            Shell::Zsh => clap_complete::Shell::Zsh,
+            Shell::Fish => clap_complete::Shell::Fish,
+        }
+    }
+}
+
+/// Where the records are: the live ones, and those of deleted containers.
+struct Dirs<'a> {
+    live: &'a Path,
+    exited: &'a Path,
+}
+
+fn main() -> ExitCode {
+    // clap prints usage errors itself and exits 2 (0 for --help and --version).
+    let cli = Cli::parse();
+    let dirs = Dirs {
+        live: Path::new(lightwhale_status::CONTAINERS_DIR),
+        exited: Path::new(lightwhale_status::EXITED_DIR),
     };
-    for ns in namespaces.flatten() {
-        let Ok(files) = std::fs::read_dir(ns.path()) else {
-            continue;
-        };
-        for f in files.flatten() {
-            let path = f.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("json") {
-                continue;
-            }
-            let status = match lightwhale_status::read_status(&path) {
-                Ok(s) => s,
-                Err(e @ lightwhale_status::ReadError::Newer { .. }) => {
-                    eprintln!("lightwhale: {e}");
-                    continue;
-                }
-                Err(_) => continue,
-            };
-            out.push(Entry {
-                namespace: ns.file_name().to_string_lossy().into_owned(),
-                id: path
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                status,
-            });
-        }
-    }
-    out.sort_by(|a, b| (&a.namespace, &a.id).cmp(&(&b.namespace, &b.id)));
-    out
-}
-
-fn resolve<'a>(all: &'a [Entry], id: &str, ns: Option<&str>) -> Result<&'a Entry> {
-    if id.is_empty() {
-        bail!("an empty ID matches nothing");
-    }
-    let found: Vec<&Entry> = all
-        .iter()
-        .filter(|e| ns.is_none_or(|n| n == e.namespace) && e.id.starts_with(id))
-        .collect();
-    match found.as_slice() {
-        [one] => Ok(one),
-        [] => bail!("no lightwhale container matches {id:?}"),
-        many => bail!(
-            "{id:?} is ambiguous: {}",
-            many.iter()
-                .map(|e| format!("{}/{}", e.namespace, short(&e.id)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
-fn socket(e: &Entry) -> PathBuf {
-    Path::new(DIR)
-        .join(&e.namespace)
-        .join(format!("{}.sock", e.id))
-}
-
-/// Sends one command to the container's shim and returns its answer.
-fn request(e: &Entry, command: &str) -> Result<Reply> {
-    let path = socket(e);
-    let mut s = UnixStream::connect(&path)
-        .with_context(|| format!("connect to the shim at {}", path.display()))?;
-    // A wake of a large task can take seconds; a sleep waits for CRIU's dump.
-    s.set_read_timeout(Some(Duration::from_secs(120)))?;
-    s.write_all(format!("{command}\n").as_bytes())?;
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line)?;
-    serde_json::from_str(&line).map_err(|err| anyhow!("bad answer from the shim ({err}): {line:?}"))
-}
-
-fn short(id: &str) -> &str {
-    id.char_indices()
-        .nth(12)
-        .map(|(i, _)| &id[..i])
-        .unwrap_or(id)
-}
-
-fn ago(since_ms: u64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    if since_ms == 0 {
-        return "-".into();
-    }
-    let s = now.saturating_sub(since_ms) / 1000;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{}s", s / 60, s % 60),
-        _ => format!("{}h{}m", s / 3600, (s % 3600) / 60),
-    }
-}
-
-fn ms(v: Option<u64>) -> String {
-    v.map(|m| format!("{m}ms")).unwrap_or_else(|| "-".into())
-}
-
-fn mib(v: Option<u64>) -> String {
-    v.map(|b| format!("{:.1}MiB", b as f64 / 1048576.0))
-        .unwrap_or_else(|| "-".into())
-}
-
-fn ps(json: bool) -> Result<()> {
-    let all = entries(Path::new(DIR));
-    if json {
-        let list: Vec<&ContainerStatus> = all.iter().map(|e| &e.status).collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
-        return Ok(());
-    }
-    println!(
-        "{:<14} {:<10} {:<7} {:>8} {:>7} {:>7} {:>10} {:>6} {:>6}",
-        "CONTAINER", "NAMESPACE", "STATE", "SINCE", "SLEEP", "WAKE", "FREED", "SLEEPS", "WAKES"
-    );
-    for e in &all {
-        let s = &e.status;
-        println!(
-            "{:<14} {:<10} {:<7} {:>8} {:>7} {:>7} {:>10} {:>6} {:>6}",
-            short(&e.id),
-            e.namespace,
-            s.state.as_str(),
-            ago(s.since_unix_ms),
-            ms(s.last_sleep_ms),
-            ms(s.last_wake_ms),
-            if s.state == State::Asleep {
-                mib(s.memory_freed_bytes)
-            } else {
-                "-".into()
-            },
-            s.sleeps,
-            s.wakes,
-        );
-    }
-    Ok(())
-}
-
-fn act(command: &str, id: &str, ns: Option<&str>) -> Result<()> {
-    let all = entries(Path::new(DIR));
-    let e = resolve(&all, id, ns)?;
-    let answer = request(e, command)?;
-    if command == "status" {
-        println!("{}", serde_json::to_string_pretty(&answer.status)?);
-    }
-    if !answer.ok {
-        bail!("{}", answer.error.as_deref().unwrap_or("the shim refused"));
-    }
-    if command != "status" {
-        let s = &answer.status;
-        println!(
-            "{}: {} (sleep {}, wake {})",
-            short(&e.id),
-            s.state,
-            ms(s.last_sleep_ms),
-            ms(s.last_wake_ms)
-        );
-    }
-    Ok(())
-}
-
-fn run(args: &[String]) -> Result<()> {
-    let mut ns = None;
-    let mut rest = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "-n" | "--namespace" => {
-                ns = Some(
-                    it.next()
-                        .ok_or_else(|| anyhow!("{a} needs a namespace"))?
-                        .clone(),
-                )
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            _ => rest.push(a.as_str()),
-        }
-    }
-    match rest.as_slice() {
-        ["ps"] => ps(false),
-        ["ps", "--json"] => ps(true),
-        ["sleep", id] => act("sleep", id, ns.as_deref()),
-        ["wake", id] => act("wake", id, ns.as_deref()),
-        ["inspect", id] => act("status", id, ns.as_deref()),
-        _ => bail!("{USAGE}"),
-    }
-}
-
-fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    match run(cli, &dirs, &Docker::default()) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lightwhale: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
+    }
+}
+
+/// Runs `cli` against the status directories `dirs` and the Docker daemon `docker`.
+fn run(cli: Cli, dirs: &Dirs, docker: &Docker) -> Result<()> {
+    let ns = cli.namespace.as_deref();
+    match cli.command {
+        Cmd::Ps { format, all, json } => {
+            let format = if json { Format::Json } else { format };
+            ps(dirs, docker, ns, format, all)
+        }
+        Cmd::Sleep { id } => act(dirs.live, docker, ns, &id, Command::Sleep),
+        Cmd::Wake { id } => act(dirs.live, docker, ns, &id, Command::Wake),
+        Cmd::Inspect { id, format } => inspect(dirs, docker, ns, &id, format),
+        Cmd::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(
+                clap_complete::Shell::from(shell),
+                &mut Cli::command(),
+                "lightwhale",
+                &mut out,
+            );
+            emit(&out)
+        }
+    }
+}
+
+/// The status records under `dir`, with a newer shim's files reported on stderr.
+fn load(dir: &Path) -> Result<Vec<Entry>> {
+    let scan = store::scan(dir)?;
+    for w in &scan.warnings {
+        eprintln!("lightwhale: {w}");
+    }
+    Ok(scan.entries)
+}
+
+fn ps(dirs: &Dirs, docker: &Docker, ns: Option<&str>, format: Format, all: bool) -> Result<()> {
+    let mut entries = load(dirs.live)?;
+    if all {
+        // A container whose record is live is not listed twice.
+        let live: std::collections::HashSet<(String, String)> = entries
+            .iter()
+            .map(|e| (e.namespace.clone(), e.id.clone()))
+            .collect();
+        entries.extend(
+            load(dirs.exited)?
+                .into_iter()
+                .filter(|e| !live.contains(&(e.namespace.clone(), e.id.clone()))),
+        );
+    }
+    let entries: Vec<Entry> = entries
+        .into_iter()
+        .filter(|e| ns.is_none_or(|n| n == e.namespace))
+        .filter(|e| all || view::shown_by_default(&e.status))
+        .collect();
+    if format == Format::Json {
+        let list: Vec<&ContainerStatus> = entries.iter().map(|e| &e.status).collect();
+        return emit_json(&list);
+    }
+    // Docker is asked (once, for every name) only when some container has no name of its
+    // own, so hosts without Docker pay nothing.
+    let docker_names = if entries.iter().any(|e| e.status.name.is_none()) {
+        docker.names()
+    } else {
+        HashMap::new()
+    };
+    let now = view::now_ms();
+    let rows: Vec<_> = entries
+        .iter()
+        .map(|e| view::ps_row(e, view::name_of(e, &docker_names), now))
+        .collect();
+    emit(view::ps_table(&rows).as_bytes())
+}
+
+fn act(dir: &Path, docker: &Docker, ns: Option<&str>, id: &str, command: Command) -> Result<()> {
+    let all = load(dir)?;
+    let e = resolve::resolve(&all, id, ns, |q| docker.id_of(q))?;
+    let reply = control::request(&e.socket(), command)?;
+    if !reply.ok {
+        bail!(
+            "{}",
+            reply
+                .error
+                .as_deref()
+                .unwrap_or("the shim refused, giving no reason")
+        );
+    }
+    let s = &reply.status;
+    let line = format!(
+        "{}: {} (sleep {}, wake {})\n",
+        view::clean(view::short_id(&e.id)),
+        s.state,
+        view::ms(s.last_sleep_ms),
+        view::ms(s.last_wake_ms)
+    );
+    emit(line.as_bytes())
+}
+
+fn inspect(dirs: &Dirs, docker: &Docker, ns: Option<&str>, id: &str, format: Format) -> Result<()> {
+    let live = load(dirs.live)?;
+    let reply = match resolve::resolve(&live, id, ns, |q| docker.id_of(q)) {
+        // The shim's live record when it answers (current even mid-transition), else the
+        // file it last wrote.
+        Ok(e) => control::request(&e.socket(), Command::Status).unwrap_or_else(|err| {
+            eprintln!("lightwhale: {err:#}; showing the last record written");
+            lightwhale_status::Reply {
+                ok: true,
+                error: None,
+                status: e.status.clone(),
+            }
+        }),
+        // A deleted container: its kept record says how it ended.
+        Err(not_live) => {
+            let exited = load(dirs.exited)?;
+            let e = resolve::resolve(&exited, id, ns, |q| docker.id_of(q)).map_err(|_| not_live)?;
+            lightwhale_status::Reply {
+                ok: true,
+                error: None,
+                status: e.status.clone(),
+            }
+        }
+    };
+    let e_id = reply.status.id.clone();
+    match format {
+        // stdout stays pure JSON, for scripts (and the end-to-end tests) that parse it.
+        Format::Json => emit_json(&reply.status)?,
+        Format::Table => {
+            let docker_name = match reply.status.name {
+                Some(_) => None,
+                None => docker_name_of(docker, &e_id),
+            };
+            let text = inspect::table(&reply.status, docker_name.as_deref(), view::now_ms());
+            emit(text.as_bytes())?;
+        }
+    }
+    if !reply.ok {
+        bail!(
+            "{}",
+            reply
+                .error
+                .as_deref()
+                .unwrap_or("the shim refused, giving no reason")
+        );
+    }
+    Ok(())
+}
+
+/// Docker's name for the container with full id `id`, if Docker knows it.
+fn docker_name_of(docker: &Docker, id: &str) -> Option<String> {
+    docker.names().remove(id)
+}
+
+fn emit_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    emit(text.as_bytes())
+}
+
+/// Writes `bytes` to stdout. A closed pipe (`lightwhale ps | head -1`) is not an error:
+/// the reader has all it wanted, and `println!` would panic there.
+fn emit(bytes: &[u8]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
 }
 
@@ -239,35 +301,85 @@ fn main() -> std::process::ExitCode {
 mod tests {
     use super::*;
 
-    fn e(ns: &str, id: &str) -> Entry {
-        Entry {
-            namespace: ns.into(),
-            id: id.into(),
-            status: ContainerStatus::default(),
-        }
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
 
     #[test]
-    fn prefixes_resolve_uniquely() {
-        let all = vec![
-            e("moby", "abc123"),
-            e("moby", "abd999"),
-            e("default", "zzz"),
-        ];
-        assert_eq!(
-            resolve(&all, "abc", None).map(|e| e.id.as_str()).ok(),
-            Some("abc123")
-        );
-        assert!(resolve(&all, "ab", None).is_err());
-        assert!(resolve(&all, "", None).is_err());
-        assert!(resolve(&all, "zzz", Some("moby")).is_err());
-        assert!(resolve(&all, "zzz", Some("default")).is_ok());
+    fn arguments_parse_as_documented() {
+        let cli = Cli::try_parse_from(["lightwhale", "-n", "moby", "ps", "--format", "json", "-a"])
+            .expect("ps");
+        assert_eq!(cli.namespace.as_deref(), Some("moby"));
+        assert!(matches!(
+            cli.command,
+            Cmd::Ps {
+                format: Format::Json,
+                all: true,
+                json: false
+            }
+        ));
+        let cli = Cli::try_parse_from(["lightwhale", "ps", "--json"]).expect("old flag");
+        assert!(matches!(cli.command, Cmd::Ps { json: true, .. }));
+        let cli = Cli::try_parse_from(["lightwhale", "inspect", "abc", "--namespace", "k8s.io"])
+            .expect("inspect");
+        assert_eq!(cli.namespace.as_deref(), Some("k8s.io"));
+        assert!(matches!(
+            cli.command,
+            Cmd::Inspect {
+                format: Format::Json,
+                ..
+            }
+        ));
+        let usage = Cli::try_parse_from(["lightwhale", "sleep"]).expect_err("no id");
+        assert_eq!(usage.exit_code(), 2);
+        let usage = Cli::try_parse_from(["lightwhale", "completions", "tcsh"]).expect_err("shell");
+        assert_eq!(usage.exit_code(), 2);
+    }
+
+    fn dirs(root: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+        (root.join("live"), root.join("exited"))
     }
 
     #[test]
-    fn short_ids_never_split_a_character() {
-        assert_eq!(short("0123456789abcdef"), "0123456789ab");
-        assert_eq!(short("ééééééééééééé"), "éééééééééééé");
-        assert_eq!(short("abc"), "abc");
+    fn an_empty_status_dir_lists_nothing_and_finds_nothing() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (live, exited) = dirs(tmp.path());
+        let d = Dirs {
+            live: &live,
+            exited: &exited,
+        };
+        let docker = Docker::at(tmp.path().join("no-docker.sock"));
+        let cli = Cli::try_parse_from(["lightwhale", "wake", "abc"]).expect("wake");
+        let msg = run(cli, &d, &docker)
+            .expect_err("nothing there")
+            .to_string();
+        assert!(msg.contains("no lightwhale container matches"), "{msg}");
+        let cli = Cli::try_parse_from(["lightwhale", "sleep", ""]).expect("sleep");
+        assert!(run(cli, &d, &docker).is_err());
+    }
+
+    #[test]
+    fn a_deleted_container_is_still_inspected_from_its_kept_record() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (live, exited) = dirs(tmp.path());
+        let mut s = ContainerStatus::new("moby", "abcdef0123456789", Default::default());
+        s.state = lightwhale_status::State::Exited;
+        s.last_error = Some("criu lazy-pages exited with status 1".into());
+        lightwhale_status::write_status(
+            &lightwhale_status::exited_path(&exited, "moby", "abcdef0123456789"),
+            &s,
+        )
+        .expect("write");
+        let d = Dirs {
+            live: &live,
+            exited: &exited,
+        };
+        let docker = Docker::at(tmp.path().join("no-docker.sock"));
+        let cli = Cli::try_parse_from(["lightwhale", "inspect", "abcdef"]).expect("inspect");
+        run(cli, &d, &docker).expect("the kept record is found");
+        // Not among the live ones: sleep and wake refuse it.
+        let cli = Cli::try_parse_from(["lightwhale", "wake", "abcdef"]).expect("wake");
+        assert!(run(cli, &d, &docker).is_err());
     }
 }

@@ -26,6 +26,12 @@ pub struct BundleState {
     pub status_file: Option<PathBuf>,
     #[serde(default)]
     pub control_socket: Option<PathBuf>,
+    /// Where the status record goes when the container is deleted.
+    #[serde(default)]
+    pub exited_file: Option<PathBuf>,
+    /// Where the CRIU logs of a container that failed are kept after it is deleted.
+    #[serde(default)]
+    pub logs_dir: Option<PathBuf>,
 }
 
 impl BundleState {
@@ -59,9 +65,32 @@ impl BundleState {
         }
     }
 
-    /// Removes what lightwhale kept for the container outside its bundle: checkpoint
-    /// images, status file, control socket. Missing is fine (idempotent).
-    pub fn remove_records(&self) {
+    /// Removes what lightwhale kept for the container outside its bundle (checkpoint
+    /// images, control socket) and retires its status record to the exited records, as
+    /// exited. `died` says why, when the shim did not see the end itself (it died). The
+    /// CRIU logs of a container whose last sleep or wake failed are kept. Idempotent.
+    pub fn retire_records(&self, died: Option<&str>) {
+        if let (Some(from), Some(to)) = (&self.status_file, &self.exited_file) {
+            if let Ok(mut status) = lightwhale_status::read_status(from) {
+                if status.state != lightwhale_status::State::Exited {
+                    status.state = lightwhale_status::State::Exited;
+                    status.held_ports.clear();
+                    status.not_sleeping = None;
+                    if let Some(why) = died {
+                        status.last_error = Some(why.to_string());
+                    }
+                }
+                if status.last_error.is_some() {
+                    status.kept_logs = self.keep_logs();
+                }
+                if let Err(e) = lightwhale_status::write_status(to, &status) {
+                    warn!("keep the record {}: {e}", to.display());
+                }
+                if let Some(root) = to.parent().and_then(Path::parent) {
+                    lightwhale_status::prune_exited(root, lightwhale_status::EXITED_KEEP);
+                }
+            }
+        }
         if let Some(dir) = &self.image_root {
             remove_dir_quiet(dir);
         }
@@ -76,7 +105,40 @@ impl BundleState {
             }
         }
     }
+
+    /// Copies CRIU's logs (not its images: those hold memory) out of the image root, the
+    /// last [`LOG_KEEP_BYTES`] of each; returns where they went.
+    fn keep_logs(&self) -> Option<PathBuf> {
+        let (root, dest) = (self.image_root.as_ref()?, self.logs_dir.as_ref()?);
+        let logs: Vec<PathBuf> = std::fs::read_dir(root.join("work"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        if logs.is_empty() {
+            return None;
+        }
+        std::fs::create_dir_all(dest).ok()?;
+        for log in logs {
+            let Some(name) = log.file_name() else {
+                continue;
+            };
+            let Ok(bytes) = std::fs::read(&log) else {
+                continue;
+            };
+            let tail = &bytes[bytes.len().saturating_sub(LOG_KEEP_BYTES)..];
+            if let Err(e) = std::fs::write(dest.join(name), tail) {
+                warn!("keep {}: {e}", log.display());
+            }
+        }
+        Some(dest.clone())
+    }
 }
+
+/// How much of each CRIU log is kept for a container that failed.
+pub const LOG_KEEP_BYTES: usize = 1 << 20;
 
 pub(crate) fn remove_dir_quiet(dir: &Path) {
     if let Err(e) = std::fs::remove_dir_all(dir) {
@@ -91,24 +153,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn records_are_removed_and_removal_is_idempotent() {
+    fn records_are_retired_and_retiring_is_idempotent() {
         let d = tempfile::tempdir().expect("tempdir");
         let images = d.path().join("img/ns/id");
         std::fs::create_dir_all(images.join("images")).expect("mkdir");
+        std::fs::create_dir_all(images.join("work")).expect("mkdir");
         std::fs::write(images.join("images/pages-1.img"), b"secret").expect("write");
-        let status = d.path().join("id.json");
-        std::fs::write(&status, b"{}").expect("write");
+        std::fs::write(images.join("work/restore.log"), b"criu said no").expect("write");
+        let status = d.path().join("run/ns/id.json");
+        let mut s = lightwhale_status::ContainerStatus::new("ns", "id", Default::default());
+        s.state = lightwhale_status::State::Asleep;
+        lightwhale_status::write_status(&status, &s).expect("write");
+        let exited = d.path().join("exited/ns/id.json");
         let st = BundleState {
             image_root: Some(images.clone()),
             status_file: Some(status.clone()),
             control_socket: Some(d.path().join("id.sock")),
+            exited_file: Some(exited.clone()),
+            logs_dir: Some(d.path().join("logs/ns/id")),
             ..Default::default()
         };
         st.save(d.path()).expect("save");
         let back = BundleState::load(d.path()).expect("load");
-        back.remove_records();
+        back.retire_records(Some("the shim died while the container was asleep"));
         assert!(!images.exists() && !status.exists());
-        back.remove_records();
+        let kept = lightwhale_status::read_status(&exited).expect("kept record");
+        assert_eq!(kept.state, lightwhale_status::State::Exited);
+        assert!(kept.last_error.unwrap_or_default().contains("shim died"));
+        let logs = kept.kept_logs.expect("logs kept");
+        assert_eq!(
+            std::fs::read(logs.join("restore.log")).ok().as_deref(),
+            Some(&b"criu said no"[..])
+        );
+        back.retire_records(None);
     }
 
     #[test]
@@ -120,6 +197,6 @@ mod tests {
         )
         .expect("write");
         let st = BundleState::load(d.path()).expect("load");
-        assert!(st.rootfs_mounted && st.image_root.is_none());
+        assert!(st.rootfs_mounted && st.image_root.is_none() && st.exited_file.is_none());
     }
 }

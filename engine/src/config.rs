@@ -50,7 +50,7 @@ impl LazyMode {
     }
 
     fn parse(s: &str) -> Option<LazyMode> {
-        match s.trim() {
+        match s.trim().to_ascii_lowercase().as_str() {
             "auto" => Some(LazyMode::Auto),
             other => parse_bool(other).map(|on| if on { LazyMode::On } else { LazyMode::Off }),
         }
@@ -59,7 +59,8 @@ impl LazyMode {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("annotation {key}={value:?}: {expected}")]
+    /// `value` is the rejected value as shown: at most [`SHOWN`] characters of it.
+    #[error("annotation {key}={value}: {expected}")]
     Annotation {
         key: String,
         value: String,
@@ -89,7 +90,17 @@ pub struct SleepConfig {
     pub lazy_pages: LazyMode,
     /// Checkpointed page bytes above which `LazyMode::Auto` goes post-copy.
     pub lazy_threshold: u64,
+    /// The node's budget for checkpoint images, if any.
+    pub image_budget: Option<u64>,
+    /// Memory that must remain available after a restore.
+    pub wake_memory_reserve: u64,
+    /// How long a wake waits for that memory.
+    pub wake_memory_wait: Duration,
 }
+
+/// Memory kept free after a restore unless the node config says otherwise.
+pub const DEFAULT_WAKE_MEMORY_RESERVE: u64 = 64 << 20;
+pub const DEFAULT_WAKE_MEMORY_WAIT: Duration = Duration::from_secs(30);
 
 impl SleepConfig {
     /// Whether a checkpoint holding `pages` bytes of memory is restored post-copy.
@@ -132,6 +143,16 @@ pub struct NodeConfig {
     pub lazy_pages_threshold: Option<String>,
     /// Let CRIU use lightwhale's faster helper programs at restore (default true).
     pub criu_helpers: Option<bool>,
+    /// The most disk all checkpoint images of the node may take (a size such as 20Gi);
+    /// beyond it containers stay awake, with that reason shown. Default: no limit.
+    pub image_budget: Option<String>,
+    /// Memory that must remain available after a wake's restore (a size; default 64Mi).
+    /// A wake that would not leave it waits (see `wake-memory-wait`) rather than start
+    /// a restore the OOM killer would end.
+    pub wake_memory_reserve: Option<String>,
+    /// How long such a wake waits for memory before it gives up, leaving the container
+    /// asleep (a duration; default 30s). A connection that waits keeps retrying.
+    pub wake_memory_wait: Option<String>,
 }
 
 impl NodeConfig {
@@ -184,12 +205,26 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         .then(|| Duration::from_secs_f64(secs))
 }
 
+/// The one set of boolean forms, in any case: on/off, true/false, yes/no, 1/0.
 fn parse_bool(s: &str) -> Option<bool> {
-    match s.trim() {
+    match s.trim().to_ascii_lowercase().as_str() {
         "on" | "true" | "yes" | "1" => Some(true),
         "off" | "false" | "no" | "0" => Some(false),
         _ => None,
     }
+}
+
+/// The shortest idle timeout: below a second the monitor could not tell idle from a
+/// pause between two requests (it samples about once a second).
+pub const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest idle timeout: a week.
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Hooks get at least 100 ms and at most 10 minutes.
+pub const MIN_HOOK_TIMEOUT: Duration = Duration::from_millis(100);
+pub const MAX_HOOK_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn idle_timeout(v: &str) -> Option<Duration> {
+    parse_duration(v).filter(|d| (MIN_IDLE_TIMEOUT..=MAX_IDLE_TIMEOUT).contains(d))
 }
 
 /// Parses a size: bytes ("4096"), or with a unit: K/M/G (powers of 1000) or
@@ -286,10 +321,22 @@ pub fn profile_dirs() -> Vec<PathBuf> {
     dirs
 }
 
+/// How much of a rejected value an error message repeats: enough to recognise it, never
+/// a 10 KB annotation echoed back into `docker run`'s output.
+pub const SHOWN: usize = 64;
+
+/// `value` quoted, cut to [`SHOWN`] characters (with its full length when cut).
+pub fn shown(value: &str) -> String {
+    match value.char_indices().nth(SHOWN) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &value[..cut], value.len()),
+    }
+}
+
 fn bad(key: &str, value: &str, expected: &'static str) -> ConfigError {
     ConfigError::Annotation {
-        key: key.to_string(),
-        value: value.to_string(),
+        key: shown(key).trim_matches('"').to_string(),
+        value: shown(value),
         expected,
     }
 }
@@ -302,10 +349,11 @@ pub fn sleep_config(
 ) -> Result<SleepConfig, ConfigError> {
     let mut enabled = node.sleep.unwrap_or(true);
     let mut idle_timeout = match &node.idle_timeout {
-        Some(v) => parse_duration(v).ok_or_else(|| ConfigError::NodeFile {
+        Some(v) => idle_timeout(v).ok_or_else(|| ConfigError::NodeFile {
             path: NODE_CONFIG.into(),
             message: format!(
-                "idle-timeout {v:?}: expected a duration such as 500ms, 30s, 5m or 1h"
+                "idle-timeout {}: expected a duration from 1s to 168h, such as 30s, 5m or 1h",
+                shown(v)
             ),
         })?,
         None => DEFAULT_IDLE_TIMEOUT,
@@ -320,7 +368,7 @@ pub fn sleep_config(
     let mut hook_timeout = Duration::from_secs(10);
     let node_err = |key: &str, v: &str, expected: &str| ConfigError::NodeFile {
         path: NODE_CONFIG.into(),
-        message: format!("{key} {v:?}: {expected}"),
+        message: format!("{key} {}: {expected}", shown(v)),
     };
     let mut lazy_pages = match &node.lazy_pages {
         Some(v) => LazyMode::parse(v)
@@ -343,12 +391,12 @@ pub fn sleep_config(
         };
         match name {
             "idle-timeout" => {
-                idle_timeout = parse_duration(value).ok_or_else(|| {
+                idle_timeout = self::idle_timeout(value).ok_or_else(|| {
                     bad(
-                    key,
-                    value,
-                    "expected a duration such as 500ms, 30s, 5m or 1h (more than 0, at most 168h)",
-                )
+                        key,
+                        value,
+                        "expected a duration from 1s to 168h, such as 30s, 5m or 1h",
+                    )
                 })?
             }
             "ports" => {
@@ -371,7 +419,9 @@ pub fn sleep_config(
                 profile = value.clone();
             }
             "sleep" => {
-                enabled = parse_bool(value).ok_or_else(|| bad(key, value, "expected on or off"))?;
+                enabled = parse_bool(value).ok_or_else(|| {
+                    bad(key, value, "expected on or off (or true/false, yes/no, 1/0)")
+                })?;
             }
             "pre-sleep-exec" => {
                 pre_sleep_exec = Some(parse_command(value).ok_or_else(|| {
@@ -385,19 +435,21 @@ pub fn sleep_config(
             }
             "hook-timeout" => {
                 hook_timeout = parse_duration(value)
-                    .filter(|d| *d <= Duration::from_secs(600))
-                    .ok_or_else(|| bad(key, value, "expected a duration up to 10m, such as 5s"))?
+                    .filter(|d| (MIN_HOOK_TIMEOUT..=MAX_HOOK_TIMEOUT).contains(d))
+                    .ok_or_else(|| {
+                        bad(key, value, "expected a duration from 100ms to 10m, such as 5s")
+                    })?
             }
             "lazy-pages" => {
                 lazy_pages = LazyMode::parse(value)
-                    .ok_or_else(|| bad(key, value, "expected on, off or auto"))?;
+                    .ok_or_else(|| bad(key, value, "expected auto, on or off"))?;
             }
             "lazy-pages-threshold" => {
                 lazy_threshold = parse_size(value).ok_or_else(|| {
                     bad(key, value, "expected a size such as 128Mi, 1Gi or 500M")
                 })?;
             }
-            _ => return Err(ConfigError::Unknown(key.clone())),
+            _ => return Err(ConfigError::Unknown(shown(key).trim_matches('"').to_string())),
         }
     }
     let criu_profile_path = match resolve_profile(&profile, profile_dirs) {
@@ -423,6 +475,34 @@ pub fn sleep_config(
         hook_timeout,
         lazy_pages,
         lazy_threshold,
+        image_budget: match &node.image_budget {
+            Some(v) => Some(parse_size(v).ok_or_else(|| {
+                node_err("image-budget", v, "expected a size such as 20Gi or 500M")
+            })?),
+            None => None,
+        },
+        wake_memory_reserve: match &node.wake_memory_reserve {
+            Some(v) => parse_size(v).ok_or_else(|| {
+                node_err(
+                    "wake-memory-reserve",
+                    v,
+                    "expected a size such as 64Mi or 1Gi",
+                )
+            })?,
+            None => DEFAULT_WAKE_MEMORY_RESERVE,
+        },
+        wake_memory_wait: match &node.wake_memory_wait {
+            Some(v) => parse_duration(v)
+                .filter(|d| *d <= Duration::from_secs(600))
+                .ok_or_else(|| {
+                    node_err(
+                        "wake-memory-wait",
+                        v,
+                        "expected a duration up to 10m, such as 30s",
+                    )
+                })?,
+            None => DEFAULT_WAKE_MEMORY_WAIT,
+        },
     })
 }
 
@@ -544,6 +624,9 @@ mod tests {
             ("post-wake-exec", "[\"\"]"),
             ("post-wake-exec", "[1, 2]"),
             ("hook-timeout", "1h"),
+            ("hook-timeout", "10ms"),
+            ("idle-timeout", "1ms"),
+            ("idle-timeout", "999ms"),
             ("lazy-pages", "sometimes"),
             ("lazy-pages-threshold", "1.5Gi"),
             ("lazy-pages-threshold", "12Ti"),
@@ -565,6 +648,69 @@ mod tests {
                 .contains("unknown annotation lightwhale.io/idle-timout"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn one_set_of_boolean_forms_in_any_case() {
+        let (_d, dirs) = dirs();
+        for (v, on) in [
+            ("on", true),
+            ("ON", true),
+            ("True", true),
+            ("yes", true),
+            ("1", true),
+            ("off", false),
+            ("OFF", false),
+            ("false", false),
+            ("No", false),
+            ("0", false),
+        ] {
+            let c = sleep_config(&ann("sleep", v), &NodeConfig::default(), &dirs).expect(v);
+            assert_eq!(c.enabled, on, "{v}");
+        }
+        for v in ["enabled", "y", "2", ""] {
+            assert!(sleep_config(&ann("sleep", v), &NodeConfig::default(), &dirs).is_err());
+        }
+        let c =
+            sleep_config(&ann("lazy-pages", "AUTO"), &NodeConfig::default(), &dirs).expect("AUTO");
+        assert_eq!(c.lazy_pages, LazyMode::Auto);
+    }
+
+    #[test]
+    fn a_rejected_value_is_echoed_short() {
+        let (_d, dirs) = dirs();
+        let huge = "x".repeat(10_000);
+        let e = sleep_config(&ann("idle-timeout", &huge), &NodeConfig::default(), &dirs)
+            .expect_err("huge")
+            .to_string();
+        assert!(e.len() < 300, "{} bytes: {e}", e.len());
+        assert!(e.contains("(10000 bytes)"), "{e}");
+        // Multi-byte characters are cut between characters, never inside one.
+        let wide = "é".repeat(100);
+        let e = sleep_config(&ann("ports", &wide), &NodeConfig::default(), &dirs)
+            .expect_err("wide")
+            .to_string();
+        assert!(e.contains("(200 bytes)"), "{e}");
+        let e = sleep_config(&ann(&"k".repeat(500), "1"), &NodeConfig::default(), &dirs)
+            .expect_err("unknown")
+            .to_string();
+        assert!(e.len() < 400, "{e}");
+    }
+
+    #[test]
+    fn duration_limits_are_the_documented_ones() {
+        let (_d, dirs) = dirs();
+        let c = sleep_config(&ann("idle-timeout", "1s"), &NodeConfig::default(), &dirs)
+            .expect("1s is the minimum");
+        assert_eq!(c.idle_timeout, MIN_IDLE_TIMEOUT);
+        let c = sleep_config(&ann("hook-timeout", "100ms"), &NodeConfig::default(), &dirs)
+            .expect("100ms");
+        assert_eq!(c.hook_timeout, MIN_HOOK_TIMEOUT);
+        let node = NodeConfig {
+            idle_timeout: Some("10ms".into()),
+            ..Default::default()
+        };
+        assert!(sleep_config(&[], &node, &dirs).is_err());
     }
 
     #[test]

@@ -44,6 +44,10 @@ pub struct Dirs {
     pub status: PathBuf,
     /// Checkpoint images: `<images>/<namespace>/<id>`.
     pub images: PathBuf,
+    /// Records of deleted containers (`lightwhale ps -a`).
+    pub exited: PathBuf,
+    /// CRIU logs of containers that failed, kept after they are deleted.
+    pub logs: PathBuf,
 }
 
 impl Default for Dirs {
@@ -52,6 +56,21 @@ impl Default for Dirs {
             state: PathBuf::from("/run/lightwhale"),
             status: PathBuf::from(lightwhale_status::CONTAINERS_DIR),
             images: PathBuf::from("/var/lib/lightwhale"),
+            exited: PathBuf::from(lightwhale_status::EXITED_DIR),
+            logs: PathBuf::from("/var/log/lightwhale"),
+        }
+    }
+}
+
+impl Dirs {
+    /// All under one directory (tests).
+    pub fn under(root: &Path) -> Dirs {
+        Dirs {
+            state: root.join("state"),
+            status: root.join("status"),
+            images: root.join("images"),
+            exited: root.join("exited"),
+            logs: root.join("logs"),
         }
     }
 }

@@ -202,6 +202,12 @@ impl Container {
             &namespace,
             &id,
         ));
+        state.exited_file = Some(lightwhale_status::exited_path(
+            &dirs.exited,
+            &namespace,
+            &id,
+        ));
+        state.logs_dir = Some(dirs.logs.join(&namespace).join(&id));
         let init = Process::new("", stdio, Vec::new());
         let since = Instant::now();
         let setup = async {
@@ -643,7 +649,7 @@ impl Container {
         for t in std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner())) {
             t.abort();
         }
-        self.bundle_state.remove_records();
+        self.bundle_state.retire_records(None);
         let pid = self.init.pid();
         self.emit(Event::Deleted {
             id: self.id.clone(),

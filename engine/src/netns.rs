@@ -49,11 +49,7 @@ pub fn create_pinned(path: &Path) -> Result<()> {
         )
         .map_err(|e| err(&target, "bind-mount", e))?;
         loopback_up().map_err(|e| err(&target, "bring lo up", e))?;
-        // Absent on kernels before 5.14: the namespace still works, only the wake
-        // handover of queued connections would not.
-        if let Err(e) = std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", "1") {
-            tracing::warn!("net.ipv4.tcp_migrate_req: {e}");
-        }
+        enable_migrate_req_here();
         Ok(())
     })
     .join();
@@ -69,6 +65,48 @@ pub fn create_pinned(path: &Path) -> Result<()> {
         let _ = remove_pinned(path);
     }
     result
+}
+
+/// Sets `net.ipv4.tcp_migrate_req=1` in the calling thread's network namespace. Absent
+/// on kernels before 5.14: the namespace still works, only the wake handover of queued
+/// connections would not (they would be reset).
+fn enable_migrate_req_here() {
+    if let Err(e) = std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", "1") {
+        tracing::warn!("net.ipv4.tcp_migrate_req: {e}");
+    }
+}
+
+/// Sets `net.ipv4.tcp_migrate_req=1` in the network namespace at `path` (one made by
+/// someone else: CNI for a pod, `ctr run --with-ns`). The namespace is the container's:
+/// the wake hands queued connections from the held listener to the restored one, and
+/// without this setting the kernel resets them instead.
+pub fn enable_migrate_req(path: &Path) -> Result<()> {
+    let ns = std::fs::File::open(path).map_err(|e| err(path, "open", e))?;
+    let target = path.to_path_buf();
+    // setns(CLONE_NEWNET) changes only the calling thread: a short-lived one does it.
+    let joined = std::thread::spawn(move || -> Result<()> {
+        nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| err(&target, "enter", e))?;
+        enable_migrate_req_here();
+        Ok(())
+    })
+    .join();
+    match joined {
+        Ok(r) => r,
+        Err(_) => Err(err(
+            path,
+            "enter",
+            std::io::Error::other("the namespace thread panicked"),
+        )),
+    }
+}
+
+/// Whether `path` names the host's own network namespace (the one of pid 1).
+pub fn is_host(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), std::fs::metadata("/proc/1/ns/net")) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// Unpins and removes a namespace made by [`create_pinned`]. Missing is fine.

@@ -89,6 +89,19 @@ impl BundleSpec {
         })
     }
 
+    /// The network namespace the spec asks for: None for the host's (no entry), or the
+    /// path it gives (empty when runc is to create one).
+    pub fn network_ns(&self) -> Option<String> {
+        self.namespaces()
+            .find(|n| n.get("type").and_then(Value::as_str) == Some("network"))
+            .map(|n| {
+                n.get("path")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            })
+    }
+
     pub fn set_network_ns_path(&mut self, netns: &Path) {
         let Some(list) = self
             .doc

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lightwhale_engine::config::{LazyMode, SleepConfig};
+use lightwhale_engine::config::{sleep_config, LazyMode, NodeConfig, SleepConfig};
 use lightwhale_engine::runc::Runc;
 use lightwhale_engine::stdio::StdioPaths;
 use lightwhale_engine::{
@@ -53,6 +53,8 @@ fn counter_script() -> String {
 fn profile(dir: &Path, body: &str) -> PathBuf {
     let p = dir.join("profile.conf");
     std::fs::write(&p, body).expect("profile");
+    // The built-in defaults resolve the profile named "default": give them one.
+    std::fs::write(dir.join("default.conf"), body).expect("default profile");
     p
 }
 
@@ -77,18 +79,12 @@ async fn start(name: &str, memory_mib: u32, lazy: LazyMode, criu_profile: &str) 
     );
     let sink = Arc::new(MemorySink::default());
     let config = SleepConfig {
-        enabled: true,
         // Slept by hand in these tests: the monitor must stay out of the way.
         idle_timeout: Duration::from_secs(3600),
-        ports: Vec::new(),
         criu_profile: "test".into(),
         criu_profile_path: profile(dir.path(), criu_profile),
-        cpu_permille: 20,
-        pre_sleep_exec: None,
-        post_wake_exec: None,
-        hook_timeout: Duration::from_secs(10),
         lazy_pages: lazy,
-        lazy_threshold: 32 << 20,
+        ..sleep_config(&[], &NodeConfig::default(), &[dir.path().to_path_buf()]).expect("config")
     };
     let c = Container::create(CreateRequest {
         id: id.clone(),
@@ -102,11 +98,7 @@ async fn start(name: &str, memory_mib: u32, lazy: LazyMode, criu_profile: &str) 
         config,
         runtime: Arc::new(runc),
         sink: sink.clone(),
-        dirs: Dirs {
-            state: dir.path().join("state"),
-            status: dir.path().join("status"),
-            images: dir.path().join("images"),
-        },
+        dirs: Dirs::under(dir.path()),
         bundle_state: Default::default(),
         no_pivot: false,
         no_new_keyring: false,

@@ -82,7 +82,10 @@ impl Shim for LightwhaleShim {
                 }
             }
             state.release_bundle(&bundle);
-            state.remove_records();
+            state.retire_records(Some(
+                "the shim ended without deleting the container (killed or crashed): \
+                 its task was stopped and its checkpoint removed",
+            ));
         }
         Ok(DeleteResponse {
             // As containerd's runc shim reports a task it had to kill: SIGKILL.

@@ -22,6 +22,14 @@ pub const SCHEMA: u32 = 1;
 /// Where shims keep status files and control sockets by default.
 pub const CONTAINERS_DIR: &str = "/run/lightwhale/containers";
 
+/// Where the records of deleted containers are kept (`lightwhale ps -a`, `inspect`), so
+/// that why a container ended can still be read once containerd has deleted it. On
+/// tmpfs: they go with a reboot; the newest [`EXITED_KEEP`] are kept.
+pub const EXITED_DIR: &str = "/run/lightwhale/exited";
+
+/// How many records of deleted containers are kept on a node.
+pub const EXITED_KEEP: usize = 200;
+
 /// The life of a container under lightwhale. Every transition between these is made in
 /// one place, `lightwhale_engine::state`; see the diagram in `docs/design.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -101,6 +109,14 @@ pub struct ContainerStatus {
     /// Where the last wake's time went.
     pub last_wake_phases: Option<WakePhases>,
     pub last_error: Option<String>,
+    /// Why an awake container is not asleep, as of the monitor's last look; None while
+    /// it sleeps, and when nothing keeps it from sleeping once idle.
+    pub not_sleeping: Option<NotSleeping>,
+    /// A human name from the container's annotations (Kubernetes pod/container, nerdctl),
+    /// when it has one; Docker's names are looked up by the CLI.
+    pub name: Option<String>,
+    /// Where the CRIU logs of the container's last failure were kept after it was deleted.
+    pub kept_logs: Option<PathBuf>,
     pub config: ConfigView,
 }
 
@@ -112,6 +128,158 @@ impl ContainerStatus {
             namespace: namespace.to_string(),
             config,
             ..Default::default()
+        }
+    }
+}
+
+/// Why a container that is awake does not go to sleep: the reason in force now.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum NotSleeping {
+    /// Sleep is off (`lightwhale.io/sleep=off`, or `sleep = false` in the node config).
+    Disabled,
+    /// The task has a terminal (`docker run -t`): checkpointing a pty is not supported.
+    Terminal,
+    /// The container shares the host's network namespace: waking it would reset the first
+    /// connection (the host's `tcp_migrate_req` is not lightwhale's to change).
+    HostNetwork,
+    /// No TCP socket listens in its network namespace: nothing could wake it.
+    NoListener,
+    /// Only UDP sockets listen: lightwhale wakes containers on TCP connections.
+    UdpOnly { ports: Vec<u16> },
+    /// The ports named by `lightwhale.io/ports` have no listener.
+    PortsNotListening { ports: Vec<u16> },
+    /// Inbound TCP traffic within the idle timeout: it will sleep once it has been quiet
+    /// for `idle_timeout_ms`.
+    Active { idle_ms: u64, idle_timeout_ms: u64 },
+    /// CPU use above the idle threshold (per mille of one CPU).
+    CpuBusy {
+        permille: u64,
+        threshold_permille: u64,
+    },
+    /// An exec (`docker exec`) is running.
+    ExecRunning,
+    /// Paused by the user (`docker pause`).
+    Paused,
+    /// A stop signal was sent: in its grace period, it never sleeps again.
+    Stopping,
+    /// A request is in flight on an open connection.
+    InFlight,
+    /// The pages of the last lazy wake are still being filled.
+    FillRunning,
+    /// The last sleep failed; the next try is not before `next_try_unix_ms`.
+    SleepFailed {
+        error: String,
+        next_try_unix_ms: u64,
+    },
+    /// CRIU cannot dump one of its processes on this host.
+    CannotDump { detail: String },
+    /// Its checkpoint would not fit in the node's budget for checkpoint images.
+    DiskBudget {
+        needed_bytes: u64,
+        used_bytes: u64,
+        budget_bytes: u64,
+    },
+}
+
+impl NotSleeping {
+    /// A short label for one table column (`lightwhale ps`) or a metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NotSleeping::Disabled => "disabled",
+            NotSleeping::Terminal => "terminal",
+            NotSleeping::HostNetwork => "host_network",
+            NotSleeping::NoListener => "no_listener",
+            NotSleeping::UdpOnly { .. } => "udp_only",
+            NotSleeping::PortsNotListening { .. } => "ports_not_listening",
+            NotSleeping::Active { .. } => "active",
+            NotSleeping::CpuBusy { .. } => "cpu_busy",
+            NotSleeping::ExecRunning => "exec_running",
+            NotSleeping::Paused => "paused",
+            NotSleeping::Stopping => "stopping",
+            NotSleeping::InFlight => "in_flight",
+            NotSleeping::FillRunning => "fill_running",
+            NotSleeping::SleepFailed { .. } => "sleep_failed",
+            NotSleeping::CannotDump { .. } => "cannot_dump",
+            NotSleeping::DiskBudget { .. } => "disk_budget",
+        }
+    }
+
+    /// A few words for `lightwhale ps`; `now_ms` is the current time (ms since the epoch).
+    pub fn short(&self, now_ms: u64) -> String {
+        fn secs(ms: u64) -> String {
+            let s = ms / 1000;
+            if s >= 3600 {
+                format!("{}h{}m", s / 3600, (s % 3600) / 60)
+            } else if s >= 60 {
+                format!("{}m{}s", s / 60, s % 60)
+            } else {
+                format!("{s}s")
+            }
+        }
+        fn ports(p: &[u16]) -> String {
+            p.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
+        }
+        match self {
+            NotSleeping::Disabled => "sleep off".into(),
+            NotSleeping::Terminal => "tty".into(),
+            NotSleeping::HostNetwork => "host network".into(),
+            NotSleeping::NoListener => "no TCP listener".into(),
+            NotSleeping::UdpOnly { ports: p } => format!("UDP only ({})", ports(p)),
+            NotSleeping::PortsNotListening { ports: p } => format!("not listening: {}", ports(p)),
+            NotSleeping::Active {
+                idle_ms,
+                idle_timeout_ms,
+            } => format!(
+                "active (idle {}/{})",
+                secs(*idle_ms),
+                secs(*idle_timeout_ms)
+            ),
+            NotSleeping::CpuBusy {
+                permille,
+                threshold_permille,
+            } => format!(
+                "cpu {:.1}% > {:.1}%",
+                *permille as f64 / 10.0,
+                *threshold_permille as f64 / 10.0
+            ),
+            NotSleeping::ExecRunning => "exec running".into(),
+            NotSleeping::Paused => "paused".into(),
+            NotSleeping::Stopping => "stopping".into(),
+            NotSleeping::InFlight => "request in flight".into(),
+            NotSleeping::FillRunning => "pages filling".into(),
+            NotSleeping::SleepFailed {
+                next_try_unix_ms, ..
+            } => format!(
+                "sleep failed, retry in {}",
+                secs(next_try_unix_ms.saturating_sub(now_ms))
+            ),
+            NotSleeping::CannotDump { .. } => "CRIU cannot dump".into(),
+            NotSleeping::DiskBudget { .. } => "disk budget full".into(),
+        }
+    }
+}
+
+impl std::fmt::Display for NotSleeping {
+    /// One sentence for `lightwhale inspect`: the reason and what to do about it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotSleeping::Disabled => write!(f, "sleep is off for this container (lightwhale.io/sleep or the node config)"),
+            NotSleeping::Terminal => write!(f, "it has a terminal (-t): containers with a tty do not sleep"),
+            NotSleeping::HostNetwork => write!(f, "it uses the host's network namespace: a wake there would reset the first connection, so it does not sleep; give it a network namespace of its own"),
+            NotSleeping::NoListener => write!(f, "no TCP socket listens in its network namespace, so no connection could wake it"),
+            NotSleeping::UdpOnly { ports } => write!(f, "only UDP sockets listen (ports {ports:?}); lightwhale wakes containers on TCP connections"),
+            NotSleeping::PortsNotListening { ports } => write!(f, "lightwhale.io/ports names {ports:?}, but nothing listens there"),
+            NotSleeping::Active { idle_ms, idle_timeout_ms } => write!(f, "inbound traffic: quiet for {} ms of the {} ms idle timeout", idle_ms, idle_timeout_ms),
+            NotSleeping::CpuBusy { permille, threshold_permille } => write!(f, "it uses {:.1}% of a CPU, above the {:.1}% idle threshold", *permille as f64 / 10.0, *threshold_permille as f64 / 10.0),
+            NotSleeping::ExecRunning => write!(f, "an exec is running in it"),
+            NotSleeping::Paused => write!(f, "it is paused"),
+            NotSleeping::Stopping => write!(f, "it was sent a stop signal and is in its grace period"),
+            NotSleeping::InFlight => write!(f, "a request is in flight on an open connection"),
+            NotSleeping::FillRunning => write!(f, "the pages of its last lazy wake are still being filled"),
+            NotSleeping::SleepFailed { error, .. } => write!(f, "its last sleep failed: {error}"),
+            NotSleeping::CannotDump { detail } => write!(f, "CRIU cannot dump it on this host: {detail}"),
+            NotSleeping::DiskBudget { needed_bytes, used_bytes, budget_bytes } => write!(f, "its checkpoint (~{needed_bytes} bytes) would not fit in the node's image budget ({used_bytes} of {budget_bytes} bytes used)"),
         }
     }
 }
@@ -201,6 +369,32 @@ pub fn status_path(dir: &Path, namespace: &str, id: &str) -> PathBuf {
 /// The control socket of container `id` in containerd namespace `namespace` under `dir`.
 pub fn control_path(dir: &Path, namespace: &str, id: &str) -> PathBuf {
     dir.join(namespace).join(format!("{id}.sock"))
+}
+
+/// The kept record of deleted container `id` in `namespace` under `dir`.
+pub fn exited_path(dir: &Path, namespace: &str, id: &str) -> PathBuf {
+    status_path(dir, namespace, id)
+}
+
+/// Keeps the newest `keep` records under `dir` (`<dir>/<namespace>/<id>.json`) and removes
+/// the rest; errors are ignored (a record more or less is no harm).
+pub fn prune_exited(dir: &Path, keep: usize) {
+    let mut all = Vec::new();
+    for ns in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+            if let Ok(m) = f.metadata().and_then(|m| m.modified()) {
+                all.push((m, f.path()));
+            }
+        }
+    }
+    if all.len() <= keep {
+        return;
+    }
+    all.sort();
+    let excess = all.len() - keep;
+    for (_, path) in all.into_iter().take(excess) {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -310,6 +504,47 @@ mod tests {
         for bad in [&b""[..], b"{", b"[]", b"{\"state\": 3}", b"\xff\xfe"] {
             assert!(parse_status(bad, Path::new("x.json")).is_err());
         }
+    }
+
+    #[test]
+    fn reasons_round_trip_and_read_short() {
+        let r = NotSleeping::CpuBusy {
+            permille: 350,
+            threshold_permille: 20,
+        };
+        let text = serde_json::to_string(&r).expect("json");
+        assert!(text.contains("\"kind\":\"cpu_busy\""), "{text}");
+        assert_eq!(
+            serde_json::from_str::<NotSleeping>(&text).ok(),
+            Some(r.clone())
+        );
+        assert_eq!(r.short(0), "cpu 35.0% > 2.0%");
+        let f = NotSleeping::SleepFailed {
+            error: "x".into(),
+            next_try_unix_ms: 300_000,
+        };
+        assert_eq!(f.short(60_000), "sleep failed, retry in 4m0s");
+        assert!(NotSleeping::HostNetwork.to_string().contains("host"));
+    }
+
+    #[test]
+    fn only_the_newest_exited_records_are_kept() {
+        let d = std::env::temp_dir().join(format!("lw-status-prune-{}", std::process::id()));
+        for i in 0..5 {
+            let p = exited_path(&d, "ns", &format!("c{i}"));
+            write_status(&p, &ContainerStatus::default()).expect("write");
+            std::thread::sleep(std::time::Duration::from_millis(15));
+        }
+        prune_exited(&d, 2);
+        let left: Vec<_> = std::fs::read_dir(d.join("ns"))
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
+        let _ = std::fs::remove_dir_all(&d);
+        let mut left = left;
+        left.sort();
+        assert_eq!(left, vec!["c3.json", "c4.json"]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
-use lightwhale_engine::config::{LazyMode, SleepConfig};
+use lightwhale_engine::config::{sleep_config, LazyMode, NodeConfig, SleepConfig};
 use lightwhale_engine::reaper::Exit;
 use lightwhale_engine::runc::{CheckpointOpts, CreateOpts, ExecOpts, ProcessIo, RestoreOpts};
 use lightwhale_engine::runtime::OciRuntime;
@@ -252,18 +252,14 @@ pub async fn rig() -> Rig {
     let port = listener.local_addr().expect("addr").port();
     let fake = Arc::new(Fake::default());
     let sink = Arc::new(MemorySink::default());
+    std::fs::write(dir.path().join("default.conf"), "network-lock skip\n").expect("profile");
     let config = SleepConfig {
-        enabled: true,
         idle_timeout: std::time::Duration::from_secs(3600),
         ports: vec![port],
-        criu_profile: "default".into(),
-        criu_profile_path: dir.path().join("default.conf"),
-        cpu_permille: 20,
-        pre_sleep_exec: None,
-        post_wake_exec: None,
-        hook_timeout: std::time::Duration::from_secs(10),
         lazy_pages: LazyMode::Off,
-        lazy_threshold: u64::MAX,
+        // The test process's memory is counted against no budget and no reserve.
+        wake_memory_reserve: 0,
+        ..sleep_config(&[], &NodeConfig::default(), &[dir.path().to_path_buf()]).expect("config")
     };
     let c = Container::create(CreateRequest {
         id: format!("fake-{port}"),
@@ -273,11 +269,7 @@ pub async fn rig() -> Rig {
         config,
         runtime: fake.clone(),
         sink: sink.clone(),
-        dirs: Dirs {
-            state: dir.path().join("state"),
-            status: dir.path().join("status"),
-            images: dir.path().join("images"),
-        },
+        dirs: Dirs::under(dir.path()),
         bundle_state: Default::default(),
         no_pivot: false,
         no_new_keyring: false,
