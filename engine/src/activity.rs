@@ -107,6 +107,10 @@ pub struct IdleTracker {
     cpu_permille: u64,
     last: Option<(Sample, std::time::Instant)>,
     active_at: std::time::Instant,
+    /// CPU use over the last interval, per mille of one CPU.
+    last_cpu_permille: Option<u64>,
+    /// Whether the last activity seen was CPU use rather than traffic.
+    busy_cpu: bool,
 }
 
 impl IdleTracker {
@@ -116,13 +120,27 @@ impl IdleTracker {
             cpu_permille,
             last: None,
             active_at: now,
+            last_cpu_permille: None,
+            busy_cpu: false,
         }
+    }
+
+    /// How long the task has been quiet.
+    pub fn idle_for(&self, now: std::time::Instant) -> std::time::Duration {
+        now.duration_since(self.active_at)
+    }
+
+    /// The CPU use of the last interval when it was above the threshold (per mille of
+    /// one CPU): why the task is not idle, when that is the reason.
+    pub fn busy_cpu_permille(&self) -> Option<u64> {
+        self.busy_cpu.then_some(self.last_cpu_permille).flatten()
     }
 
     /// Something happened that counts as activity (a wake, an exec).
     pub fn touch(&mut self, now: std::time::Instant) {
         self.active_at = now;
         self.last = None;
+        self.busy_cpu = false;
     }
 
     /// Feeds a sample; returns true when the task has been idle for the timeout.
@@ -130,10 +148,13 @@ impl IdleTracker {
         if let Some((prev, at)) = self.last {
             let wall_ns = now.duration_since(at).as_nanos() as u64;
             let cpu = s.cpu_ns.saturating_sub(prev.cpu_ns);
-            let busy_cpu =
-                wall_ns > 0 && cpu.saturating_mul(1000) > wall_ns.saturating_mul(self.cpu_permille);
-            if s.in_segs != prev.in_segs || s.passive_opens != prev.passive_opens || busy_cpu {
+            let permille = cpu.saturating_mul(1000).checked_div(wall_ns).unwrap_or(0);
+            self.last_cpu_permille = Some(permille);
+            let busy_cpu = wall_ns > 0 && permille > self.cpu_permille;
+            let traffic = s.in_segs != prev.in_segs || s.passive_opens != prev.passive_opens;
+            if traffic || busy_cpu {
                 self.active_at = now;
+                self.busy_cpu = busy_cpu && !traffic;
             }
         }
         self.last = Some((s, now));
@@ -176,6 +197,11 @@ mod tests {
             ..s2
         };
         assert!(!t.observe(busy, t0 + Duration::from_secs(6)));
+        assert_eq!(
+            t.busy_cpu_permille(),
+            Some(500),
+            "50% of a CPU, the reason shown"
+        );
         let quiet = Sample {
             cpu_ns: busy.cpu_ns + 5_000_000,
             ..busy

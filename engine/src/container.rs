@@ -108,6 +108,8 @@ pub struct Container {
     pub namespace: String,
     pub bundle: PathBuf,
     pub config: SleepConfig,
+    /// It shares the host's network namespace (never put to sleep: see `Refusal`).
+    pub host_network: bool,
     pub(crate) runtime: Arc<dyn OciRuntime>,
     pub(crate) sink: Arc<dyn EventSink>,
     pub(crate) dirs: Dirs,
@@ -155,6 +157,7 @@ pub(crate) struct Parts {
     pub namespace: String,
     pub bundle: PathBuf,
     pub config: SleepConfig,
+    pub host_network: bool,
     pub runtime: Arc<dyn OciRuntime>,
     pub sink: Arc<dyn EventSink>,
     pub dirs: Dirs,
@@ -174,6 +177,7 @@ impl Container {
             namespace: p.namespace,
             bundle: p.bundle,
             config: p.config,
+            host_network: p.host_network,
             runtime: p.runtime,
             sink: p.sink,
             dirs: p.dirs,
@@ -293,6 +297,20 @@ impl Container {
         let mut r = self.lock();
         f(&mut r.status);
         self.persist(&r.status);
+    }
+
+    /// Records why the container is not asleep (None: nothing keeps it awake but time);
+    /// the file is rewritten only when the reason changes.
+    pub(crate) fn set_not_sleeping(&self, why: Option<lightwhale_status::NotSleeping>) {
+        let mut r = self.lock();
+        let same = match (&r.status.not_sleeping, &why) {
+            (Some(a), Some(b)) => a.roughly_eq(b),
+            (a, b) => a == b,
+        };
+        if !same {
+            r.status.not_sleeping = why;
+            self.persist(&r.status);
+        }
     }
 
     /// Keeps `e` (with its sources) as the last error `lightwhale inspect` shows.
@@ -431,6 +449,9 @@ impl Container {
                 return;
             }
         }
+        // A task that dies while its pages are still coming may have died of a page that
+        // never came: the page fill's verdict decides the status it is reported with.
+        self.fill_verdict(Duration::from_secs(2)).await;
         if self.claim_exit(None) {
             let status = self
                 .lock()
@@ -438,6 +459,14 @@ impl Container {
                 .take()
                 .unwrap_or(exit.status as u32);
             self.complete_exit(exit.pid, status, exit.at).await;
+        }
+    }
+
+    /// Waits (at most `limit`) for a running page fill to end, so its outcome is known.
+    async fn fill_verdict(&self, limit: Duration) {
+        let rx = self.lock().fill.as_ref().map(|f| f.done.clone());
+        if let Some(mut rx) = rx {
+            let _ = tokio::time::timeout(limit, rx.wait_for(|d| *d)).await;
         }
     }
 

@@ -115,6 +115,22 @@ pub struct CreateRequest {
     pub no_new_keyring: bool,
 }
 
+/// A name for people, from what Kubernetes (containerd's CRI) and nerdctl put in the
+/// spec's annotations; Docker puts none there (the CLI asks Docker for its names).
+fn display_name(spec: &BundleSpec) -> Option<String> {
+    if let Some(n) = spec.annotation("nerdctl/name").filter(|n| !n.is_empty()) {
+        return Some(n.to_string());
+    }
+    let pod = spec.annotation("io.kubernetes.cri.sandbox-name")?;
+    let ns = spec
+        .annotation("io.kubernetes.cri.sandbox-namespace")
+        .unwrap_or("default");
+    match spec.annotation("io.kubernetes.cri.container-name") {
+        Some(c) if !c.is_empty() => Some(format!("{ns}/{pod}/{c}")),
+        _ => Some(format!("{ns}/{pod}")),
+    }
+}
+
 /// Signals that begin a container's end: once sent, it does not go back to sleep.
 fn is_stop_signal(signal: u32) -> bool {
     [libc::SIGKILL, libc::SIGTERM, libc::SIGINT, libc::SIGQUIT].contains(&(signal as i32))
@@ -212,18 +228,38 @@ impl Container {
         let since = Instant::now();
         let setup = async {
             let mut spec = BundleSpec::load(&bundle).map_err(ContainerError::InvalidInput)?;
-            if spec.network_ns_without_path() {
-                if spec.has_namespace("user") {
-                    // A namespace we made would belong to the host's user namespace.
-                    info!(%id, "user namespace in spec: leaving the network namespace to runc");
-                } else {
-                    let pin = netns::pin_path(&dirs.state, &namespace, &id);
-                    let _ = netns::remove_pinned(&pin);
-                    netns::create_pinned(&pin)?;
-                    state.netns = Some(pin.clone());
-                    spec.set_network_ns_path(&pin);
+            let host_network = match spec.network_ns() {
+                None => true,
+                Some(path) if path.is_empty() => {
+                    if spec.has_namespace("user") {
+                        // A namespace we made would belong to the host's user namespace.
+                        info!(%id, "user namespace in spec: leaving the network namespace to runc");
+                    } else {
+                        let pin = netns::pin_path(&dirs.state, &namespace, &id);
+                        let _ = netns::remove_pinned(&pin);
+                        netns::create_pinned(&pin)?;
+                        state.netns = Some(pin.clone());
+                        spec.set_network_ns_path(&pin);
+                    }
+                    false
                 }
-            }
+                Some(path) => {
+                    let path = PathBuf::from(path);
+                    if netns::is_host(&path) {
+                        true
+                    } else {
+                        // Someone else's namespace (a pod's, made by CNI; `ctr run
+                        // --with-ns`), but the container's: set there what a wake needs.
+                        if config.enabled {
+                            if let Err(e) = netns::enable_migrate_req(&path) {
+                                warn!(%id, "{e}: connections queued during a sleep may be reset at wake");
+                            }
+                        }
+                        false
+                    }
+                }
+            };
+            let name = display_name(&spec);
             if config.enabled {
                 // runc passes this file to CRIU on checkpoint and restore alike.
                 spec.set_annotation(
@@ -237,6 +273,7 @@ impl Container {
                 path: bundle.clone(),
                 source,
             })?;
+            let host_and_name = (host_network, name);
             let pid_file = bundle.join("init.pid");
             with_stdio(&init, &dirs.state.join("console"), |io, console_socket| {
                 let copts = CreateOpts {
@@ -252,10 +289,10 @@ impl Container {
                 async move { runtime.create(&id, &bundle, &copts, io).await }
             })
             .await?;
-            read_pid(&pid_file)
+            Ok((read_pid(&pid_file)?, host_and_name))
         };
-        let pid = match setup.await {
-            Ok(pid) => pid,
+        let (pid, (host_network, name)) = match setup.await {
+            Ok(v) => v,
             Err(e) => {
                 warn!(%id, "create failed: {e}");
                 let _ = runtime.delete(&id, true).await;
@@ -265,12 +302,14 @@ impl Container {
         };
         init.set_pid(pid);
         let memcg = MemoryCgroup::of_pid(pid);
-        let status = ContainerStatus::new(&namespace, &id, config.view(&image_root));
+        let mut status = ContainerStatus::new(&namespace, &id, config.view(&image_root));
+        status.name = name;
         let c = Container::assemble(Parts {
             id,
             namespace,
             bundle,
             config,
+            host_network,
             runtime,
             sink,
             dirs,
@@ -310,6 +349,9 @@ impl Container {
             id: self.id.clone(),
             pid,
         });
+        if let Some(r) = self.static_refusal() {
+            self.set_not_sleeping(r.not_sleeping());
+        }
         if self.config.enabled {
             crate::monitor::spawn(self);
         }

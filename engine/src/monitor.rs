@@ -1,18 +1,35 @@
 //! When to sleep (policy): the task is put to sleep after `idle-timeout` without inbound
 //! TCP traffic and with its CPU use under the threshold. A sleep that fails or is refused
 //! backs off (5 s doubling, up to 5 minutes) before the next try.
+//!
+//! Every look also records why the container is not asleep (`NotSleeping`), so that
+//! `lightwhale ps` and `inspect` can answer the question every scale-to-zero system is
+//! asked: why didn't it sleep?
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use lightwhale_status::NotSleeping;
 use tracing::{info, warn};
 
 use crate::activity::{IdleTracker, Probe};
-use crate::container::Container;
+use crate::container::{now_ms, Container};
 use crate::state::State;
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+fn unix_ms_at(t: Instant) -> u64 {
+    let now = Instant::now();
+    let wall = if t <= now {
+        SystemTime::now().checked_sub(now - t)
+    } else {
+        SystemTime::now().checked_add(t - now)
+    };
+    wall.and_then(|w| w.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_else(now_ms)
+}
 
 /// Starts the idle monitor of `c`; it ends with the container.
 pub fn spawn(c: &Arc<Container>) {
@@ -25,6 +42,8 @@ pub fn spawn(c: &Arc<Container>) {
         let mut probe: Option<(i32, Probe)> = None;
         let mut backoff = FIRST_BACKOFF;
         let mut not_before = Instant::now();
+        // The reason the last failed or refused sleep gave, shown until the next try.
+        let mut held_back: Option<NotSleeping> = None;
         loop {
             tokio::time::sleep(tick).await;
             let Some(c) = weak.upgrade() else { return };
@@ -37,11 +56,30 @@ pub fn spawn(c: &Arc<Container>) {
             }
             match c.state() {
                 State::Exited => return,
-                State::Awake if c.running_execs() == 0 => {}
+                State::Awake => {}
+                State::Paused => {
+                    tracker.touch(now);
+                    c.set_not_sleeping(Some(NotSleeping::Paused));
+                    continue;
+                }
                 _ => {
+                    // Asleep, or a transition under way: nothing to decide.
                     tracker.touch(now);
                     continue;
                 }
+            }
+            if let Some(r) = c.static_refusal() {
+                c.set_not_sleeping(r.not_sleeping());
+                continue;
+            }
+            if c.lock().stopping {
+                c.set_not_sleeping(Some(NotSleeping::Stopping));
+                continue;
+            }
+            if c.running_execs() > 0 {
+                tracker.touch(now);
+                c.set_not_sleeping(Some(NotSleeping::ExecRunning));
+                continue;
             }
             let pid = c.init.pid();
             if probe.as_ref().map(|(p, _)| *p) != Some(pid) {
@@ -51,18 +89,44 @@ pub fn spawn(c: &Arc<Container>) {
             let Some(sample) = probe.as_ref().and_then(|(_, p)| p.sample()) else {
                 continue;
             };
-            if !tracker.observe(sample, now) || now < not_before {
+            if !tracker.observe(sample, now) {
+                c.set_not_sleeping(Some(match tracker.busy_cpu_permille() {
+                    Some(permille) => NotSleeping::CpuBusy {
+                        permille,
+                        threshold_permille: cpu_permille,
+                    },
+                    None => NotSleeping::Active {
+                        quiet_since_unix_ms: unix_ms_at(now - tracker.idle_for(now)),
+                        idle_timeout_ms: timeout.as_millis() as u64,
+                    },
+                }));
+                continue;
+            }
+            if now < not_before {
+                c.set_not_sleeping(held_back.clone());
                 continue;
             }
             match c.sleep().await {
-                Ok(()) => backoff = FIRST_BACKOFF,
+                Ok(()) => {
+                    backoff = FIRST_BACKOFF;
+                    held_back = None;
+                }
                 Err(e) => {
-                    if e.is_refusal() {
-                        info!(id = %c.id, "idle, but {e}");
-                    } else {
-                        warn!(id = %c.id, "sleep failed, retrying in {backoff:?}: {e}");
-                    }
                     not_before = Instant::now() + backoff;
+                    held_back = match e.refusal() {
+                        Some(r) => {
+                            info!(id = %c.id, "idle, but {e}");
+                            r.not_sleeping()
+                        }
+                        None => {
+                            warn!(id = %c.id, "sleep failed, retrying in {backoff:?}: {e}");
+                            Some(NotSleeping::SleepFailed {
+                                error: e.to_string(),
+                                next_try_unix_ms: unix_ms_at(not_before),
+                            })
+                        }
+                    };
+                    c.set_not_sleeping(held_back.clone());
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }

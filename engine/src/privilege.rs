@@ -40,3 +40,8 @@ pub fn describe_missing() -> Option<String> {
             .join(", ")
     })
 }
+
+/// Whether this process (and so the CRIU it starts) has `cap` in its effective set.
+pub fn has(cap: Capability) -> bool {
+    caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false)
+}

@@ -44,6 +44,35 @@ pub trait OciRuntime: Send + Sync {
     /// Resolves when process `pid` ends. `since` is when the caller learned of the
     /// process: an exit older than that belongs to an earlier process with that pid.
     async fn wait(&self, pid: i32, since: Instant) -> Exit;
+    /// Why the checkpoint of processes `pids` cannot succeed on this host, if it cannot.
+    fn checkpoint_blocker(&self, pids: &[i32]) -> Option<String> {
+        criu_blocker(pids)
+    }
+}
+
+/// CRIU without `CAP_SYS_RESOURCE` (some VMs and sandboxes withhold it even from root)
+/// cannot dump a process that does not run as root: it fails every time.
+pub fn criu_blocker(pids: &[i32]) -> Option<String> {
+    if crate::privilege::has(caps::Capability::CAP_SYS_RESOURCE) {
+        return None;
+    }
+    for pid in pids {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let uid = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u32>().ok());
+        if let Some(uid) = uid.filter(|u| *u != 0) {
+            return Some(format!(
+                "process {pid} runs as uid {uid}, and this host gives CRIU no \
+                 CAP_SYS_RESOURCE, without which it cannot dump processes that are not root's"
+            ));
+        }
+    }
+    None
 }
 
 #[async_trait]

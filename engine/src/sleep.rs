@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use lightwhale_status::NotSleeping;
+
 use crate::cgroup::MemoryCgroup;
 use crate::container::{tail, Container};
 use crate::events::{Event, Trigger};
@@ -21,12 +23,15 @@ use crate::runc::CheckpointOpts;
 use crate::runtime::OciRuntime;
 use crate::sockets;
 use crate::state::{State, Transition};
+use crate::wake::WakeError;
 
 /// Why a container did not go to sleep although asked (or idle). Nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     #[error("sleep is off for this container")]
     Disabled,
+    #[error("it uses the host's network namespace: a wake there would reset the first connection")]
+    HostNetwork,
     #[error("the container is {0}")]
     NotAwake(State),
     #[error("tasks with a terminal do not sleep")]
@@ -39,10 +44,56 @@ pub enum Refusal {
     Stopping,
     #[error("no listening TCP socket to wake on")]
     NoListener,
+    #[error("only UDP sockets listen (ports {0:?}): lightwhale wakes on TCP connections")]
+    UdpOnly(Vec<u16>),
+    #[error("nothing listens on the ports lightwhale.io/ports names ({0:?})")]
+    PortsNotListening(Vec<u16>),
     #[error("no process of the task holds its listening sockets")]
     NoHolder,
     #[error("a request is in flight")]
     InFlight,
+    #[error("CRIU cannot dump it on this host: {0}")]
+    CannotDump(String),
+    #[error(
+        "its checkpoint (~{needed} bytes) would exceed the node's image budget ({used} of {budget} bytes used)"
+    )]
+    DiskBudget { needed: u64, used: u64, budget: u64 },
+}
+
+impl Refusal {
+    /// The reason `lightwhale` shows for it; None for a passing state (a transition).
+    pub fn not_sleeping(&self) -> Option<NotSleeping> {
+        Some(match self {
+            Refusal::Disabled => NotSleeping::Disabled,
+            Refusal::HostNetwork => NotSleeping::HostNetwork,
+            Refusal::NotAwake(State::Paused) => NotSleeping::Paused,
+            Refusal::NotAwake(_) => return None,
+            Refusal::Terminal => NotSleeping::Terminal,
+            Refusal::ExecRunning => NotSleeping::ExecRunning,
+            Refusal::FillRunning => NotSleeping::FillRunning,
+            Refusal::Stopping => NotSleeping::Stopping,
+            Refusal::NoListener | Refusal::NoHolder => NotSleeping::NoListener,
+            Refusal::UdpOnly(ports) => NotSleeping::UdpOnly {
+                ports: ports.clone(),
+            },
+            Refusal::PortsNotListening(ports) => NotSleeping::PortsNotListening {
+                ports: ports.clone(),
+            },
+            Refusal::InFlight => NotSleeping::InFlight,
+            Refusal::CannotDump(detail) => NotSleeping::CannotDump {
+                detail: detail.clone(),
+            },
+            Refusal::DiskBudget {
+                needed,
+                used,
+                budget,
+            } => NotSleeping::DiskBudget {
+                needed_bytes: *needed,
+                used_bytes: *used,
+                budget_bytes: *budget,
+            },
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +123,14 @@ impl SleepError {
     pub fn is_refusal(&self) -> bool {
         matches!(self, SleepError::Refused(_) | SleepError::Prepare { .. })
     }
+
+    /// The refusal, if this is one.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            SleepError::Refused(r) => Some(r),
+            _ => None,
+        }
+    }
 }
 
 /// What a good dump leaves: the held sockets and the figures of the sleep.
@@ -88,16 +147,13 @@ impl Container {
     /// Puts the task to sleep now. Refuses (without harm) when it cannot sleep.
     pub async fn sleep(self: &Arc<Self>) -> Result<(), SleepError> {
         let _gate = self.sleep_gate.lock().await;
-        if !self.config.enabled {
-            return Err(Refusal::Disabled.into());
+        if let Some(r) = self.static_refusal() {
+            return Err(r.into());
         }
         match self.settled().await {
             State::Asleep => return Ok(()),
             State::Awake => {}
             other => return Err(Refusal::NotAwake(other).into()),
-        }
-        if self.init.paths.terminal {
-            return Err(Refusal::Terminal.into());
         }
         if self.running_execs() > 0 {
             return Err(Refusal::ExecRunning.into());
@@ -105,6 +161,10 @@ impl Container {
         if self.lock().stopping {
             return Err(Refusal::Stopping.into());
         }
+        // Cheap looks first, so that a task that cannot sleep is never frozen for it.
+        self.check_listeners()?;
+        self.check_dumpable().await?;
+        self.check_budget()?;
         if !self.fill_finished(Duration::from_secs(30)).await {
             return Err(Refusal::FillRunning.into());
         }
@@ -140,6 +200,71 @@ impl Container {
                 Err(e)
             }
         }
+    }
+
+    /// Why this container never sleeps, whatever it does: None when it may.
+    pub fn static_refusal(&self) -> Option<Refusal> {
+        if !self.config.enabled {
+            Some(Refusal::Disabled)
+        } else if self.init.paths.terminal {
+            Some(Refusal::Terminal)
+        } else if self.host_network {
+            Some(Refusal::HostNetwork)
+        } else {
+            None
+        }
+    }
+
+    /// Something must listen on TCP to wake the task: what the ports annotation names,
+    /// or any port.
+    fn check_listeners(&self) -> Result<(), Refusal> {
+        let pid = self.init.pid();
+        if !sockets::listeners(pid, &self.config.ports).is_empty() {
+            return Ok(());
+        }
+        if !self.config.ports.is_empty() {
+            return Err(Refusal::PortsNotListening(self.config.ports.clone()));
+        }
+        let udp = sockets::udp_ports(pid);
+        if udp.is_empty() {
+            Err(Refusal::NoListener)
+        } else {
+            Err(Refusal::UdpOnly(udp))
+        }
+    }
+
+    /// Whether the runtime can checkpoint the task's processes on this host: when it
+    /// cannot, say so instead of failing a dump every time.
+    async fn check_dumpable(&self) -> Result<(), Refusal> {
+        let pids = self.runtime.ps(&self.id).await.unwrap_or_default();
+        match self.runtime.checkpoint_blocker(&pids) {
+            Some(why) => Err(Refusal::CannotDump(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// The node's budget for checkpoint images, when it has one: the images of every
+    /// container plus this one's (about its memory) must fit.
+    fn check_budget(&self) -> Result<(), Refusal> {
+        let Some(budget) = self.config.image_budget else {
+            return Ok(());
+        };
+        let needed = self
+            .memcg
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(MemoryCgroup::usage_bytes)
+            .unwrap_or(0);
+        let used = dir_bytes(&self.dirs.images);
+        if used.saturating_add(needed) > budget {
+            return Err(Refusal::DiskBudget {
+                needed,
+                used,
+                budget,
+            });
+        }
+        Ok(())
     }
 
     /// Frozen first: no connection can be accepted between listing the sockets and the
@@ -231,8 +356,19 @@ impl Container {
             if let Some(c) = weak.upgrade() {
                 tokio::spawn(async move {
                     info!(id = %c.id, "connection while asleep: waking");
-                    if let Err(e) = c.wake_since(Trigger::Connection, seen).await {
-                        warn!(id = %c.id, "{e}");
+                    loop {
+                        match c.wake_since(Trigger::Connection, seen).await {
+                            // Its clients wait in the held queue: try again while it
+                            // sleeps, each try bounded, each failure reported.
+                            Err(WakeError::NoMemory { .. }) if c.is_asleep() => {
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                            Err(e) => {
+                                warn!(id = %c.id, "{e}");
+                                break;
+                            }
+                            Ok(()) => break,
+                        }
                     }
                 });
             }
@@ -248,6 +384,7 @@ impl Container {
             s.pages_bytes = Some(pages);
             s.held_ports = ports.clone();
             s.last_error = None;
+            s.not_sleeping = None;
         });
         if let Err(e) = done {
             // Sleeping is the sleep's own; nothing else moves it. Never leave images of
@@ -299,6 +436,22 @@ impl Container {
             reason: e.to_string(),
         });
     }
+}
+
+/// Bytes of the files under `dir` (checkpoint images), without following links.
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    total
 }
 
 /// Fresh, root-only directories for the images (they hold the task's memory).

@@ -116,6 +116,23 @@ fn parse_state(text: &str, ipv6: bool, state: &str) -> Vec<Listener> {
         .collect()
 }
 
+/// Local ports of the bound, unconnected UDP sockets in the network namespace of `pid`
+/// (a UDP service): lightwhale wakes on TCP only, and says so.
+pub fn udp_ports(pid: i32) -> Vec<u16> {
+    const UDP_UNCONNECTED: &str = "07";
+    let mut ports = Vec::new();
+    for file in ["udp", "udp6"] {
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) {
+            for l in parse_state(&text, file == "udp6", UDP_UNCONNECTED) {
+                if l.port != 0 && !ports.contains(&l.port) {
+                    ports.push(l.port);
+                }
+            }
+        }
+    }
+    ports
+}
+
 /// The TCP listeners in the network namespace of `pid`, v4 and v6, limited to `ports`
 /// when that is not empty.
 pub fn listeners(pid: i32, ports: &[u16]) -> Vec<Listener> {
@@ -212,6 +229,13 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn a_udp_socket_of_our_own_is_seen() {
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let port = u.local_addr().expect("addr").port();
+        assert!(udp_ports(std::process::id() as i32).contains(&port));
     }
 
     #[test]

@@ -38,6 +38,31 @@ pub enum WakeError {
     NoPid(PathBuf),
     #[error("the task exited right after its restore")]
     ExitedAfterRestore,
+    /// The restore would not leave the node's memory reserve: not started, the container
+    /// stays asleep (a restore the OOM killer ends would lose it).
+    #[error(
+        "not enough memory to wake: the restore needs {needed} bytes and {reserve} more must \
+         remain, {available} are available (waited {waited:?}); it stays asleep"
+    )]
+    NoMemory {
+        needed: u64,
+        reserve: u64,
+        available: u64,
+        waited: Duration,
+    },
+}
+
+/// `MemAvailable` of `/proc/meminfo`, in bytes.
+fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// The status a task is ended with when its wake fails (documented in the README).
@@ -56,6 +81,9 @@ impl Container {
         trigger: Trigger,
         since: Instant,
     ) -> Result<(), WakeError> {
+        if self.state() == State::Asleep {
+            self.wait_for_memory().await?;
+        }
         loop {
             match self.settled().await {
                 State::Asleep => {}
@@ -158,6 +186,39 @@ impl Container {
             });
         }
         Ok(())
+    }
+
+    /// Waits (at most the configured time) until the restore fits in the host's available
+    /// memory with the reserve left over; the container stays asleep meanwhile.
+    async fn wait_for_memory(&self) -> Result<(), WakeError> {
+        let needed = self.lock().status.pages_bytes.unwrap_or(0);
+        let reserve = self.config.wake_memory_reserve;
+        let t = Instant::now();
+        loop {
+            // A host whose meminfo cannot be read is not held back by it.
+            let available = mem_available().unwrap_or(u64::MAX);
+            if available >= needed.saturating_add(reserve) {
+                return Ok(());
+            }
+            if t.elapsed() >= self.config.wake_memory_wait || self.state() != State::Asleep {
+                let err = WakeError::NoMemory {
+                    needed,
+                    reserve,
+                    available,
+                    waited: t.elapsed(),
+                };
+                if self.state() == State::Asleep {
+                    warn!(id = %self.id, "{err}");
+                    self.record_error(&err);
+                    self.emit(Event::WakeFailed {
+                        id: self.id.clone(),
+                        reason: err.to_string(),
+                    });
+                }
+                return Err(err);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn restore_once(self: &Arc<Self>, phases: &mut WakePhases) -> Result<(), WakeError> {

@@ -9,8 +9,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fake::rig;
+use fake::{rig, rig_with};
 use lightwhale_engine::{ContainerError, Event, SleepError, State, Trigger, WakeError};
+use lightwhale_status::NotSleeping;
 use tokio::sync::Semaphore;
 
 /// The tests share the process's sockets (the fake's task is this process): one at a
@@ -403,4 +404,67 @@ async fn pause_of_a_sleeping_container_wakes_it_first() {
         .events()
         .iter()
         .any(|e| matches!(e, Event::Paused { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_network_container_never_sleeps_and_says_why() {
+    let _serial = SERIAL.lock().await;
+    let r = rig_with(false, |_| {}).await;
+    assert!(r.c.host_network);
+    let e = r.c.sleep().await.expect_err("host network");
+    assert!(
+        matches!(
+            e,
+            SleepError::Refused(lightwhale_engine::Refusal::HostNetwork)
+        ),
+        "{e}"
+    );
+    assert_eq!(r.c.status().not_sleeping, Some(NotSleeping::HostNetwork));
+    assert!(
+        !r.fake.calls().contains(&"pause".to_string()),
+        "never frozen for it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ports_nothing_listens_on_are_named() {
+    let _serial = SERIAL.lock().await;
+    let r = rig_with(true, |c| c.ports = vec![1]).await;
+    let e = r.c.sleep().await.expect_err("port 1 is closed");
+    assert!(
+        matches!(
+            e.refusal().and_then(|r| r.not_sleeping()),
+            Some(NotSleeping::PortsNotListening { ref ports }) if ports == &vec![1]
+        ),
+        "{e}"
+    );
+    assert!(!r.fake.calls().contains(&"pause".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wake_that_does_not_fit_in_memory_leaves_it_asleep() {
+    let _serial = SERIAL.lock().await;
+    let r = rig_with(true, |c| {
+        c.wake_memory_reserve = u64::MAX / 2;
+        c.wake_memory_wait = Duration::from_millis(300);
+    })
+    .await;
+    r.c.sleep().await.expect("sleep");
+    let e = r.c.wake(Trigger::Request).await.expect_err("no memory");
+    assert!(matches!(e, WakeError::NoMemory { .. }), "{e}");
+    assert_eq!(r.c.state(), State::Asleep, "not lost: still asleep");
+    assert!(r.images().exists(), "its checkpoint is kept");
+    assert!(!r.fake.calls().contains(&"restore".to_string()));
+    assert!(r
+        .sink
+        .events()
+        .iter()
+        .any(|e| matches!(e, Event::WakeFailed { .. })));
+    assert!(r
+        .c
+        .status()
+        .last_error
+        .unwrap_or_default()
+        .contains("not enough memory"));
+    assert_eq!(exits(&r.sink.events()), vec![]);
 }

@@ -150,8 +150,11 @@ pub enum NotSleeping {
     /// The ports named by `lightwhale.io/ports` have no listener.
     PortsNotListening { ports: Vec<u16> },
     /// Inbound TCP traffic within the idle timeout: it will sleep once it has been quiet
-    /// for `idle_timeout_ms`.
-    Active { idle_ms: u64, idle_timeout_ms: u64 },
+    /// for `idle_timeout_ms` (it has been since `quiet_since_unix_ms`).
+    Active {
+        quiet_since_unix_ms: u64,
+        idle_timeout_ms: u64,
+    },
     /// CPU use above the idle threshold (per mille of one CPU).
     CpuBusy {
         permille: u64,
@@ -205,6 +208,35 @@ impl NotSleeping {
         }
     }
 
+    /// Whether two readings say the same for a reader: the same reason, with figures that
+    /// differ by less than a reader would care about (so a monitor sampling every second
+    /// does not rewrite the status file every second).
+    pub fn roughly_eq(&self, other: &NotSleeping) -> bool {
+        match (self, other) {
+            (
+                NotSleeping::Active {
+                    quiet_since_unix_ms: a,
+                    idle_timeout_ms: t,
+                },
+                NotSleeping::Active {
+                    quiet_since_unix_ms: b,
+                    idle_timeout_ms: u,
+                },
+            ) => t == u && a.abs_diff(*b) < 5_000,
+            (
+                NotSleeping::CpuBusy {
+                    permille: a,
+                    threshold_permille: t,
+                },
+                NotSleeping::CpuBusy {
+                    permille: b,
+                    threshold_permille: u,
+                },
+            ) => t == u && a.abs_diff(*b) * 10 < (*a).max(*b).max(1),
+            (a, b) => a == b,
+        }
+    }
+
     /// A few words for `lightwhale ps`; `now_ms` is the current time (ms since the epoch).
     pub fn short(&self, now_ms: u64) -> String {
         fn secs(ms: u64) -> String {
@@ -228,11 +260,11 @@ impl NotSleeping {
             NotSleeping::UdpOnly { ports: p } => format!("UDP only ({})", ports(p)),
             NotSleeping::PortsNotListening { ports: p } => format!("not listening: {}", ports(p)),
             NotSleeping::Active {
-                idle_ms,
+                quiet_since_unix_ms,
                 idle_timeout_ms,
             } => format!(
                 "active (idle {}/{})",
-                secs(*idle_ms),
+                secs(now_ms.saturating_sub(*quiet_since_unix_ms)),
                 secs(*idle_timeout_ms)
             ),
             NotSleeping::CpuBusy {
@@ -270,7 +302,7 @@ impl std::fmt::Display for NotSleeping {
             NotSleeping::NoListener => write!(f, "no TCP socket listens in its network namespace, so no connection could wake it"),
             NotSleeping::UdpOnly { ports } => write!(f, "only UDP sockets listen (ports {ports:?}); lightwhale wakes containers on TCP connections"),
             NotSleeping::PortsNotListening { ports } => write!(f, "lightwhale.io/ports names {ports:?}, but nothing listens there"),
-            NotSleeping::Active { idle_ms, idle_timeout_ms } => write!(f, "inbound traffic: quiet for {} ms of the {} ms idle timeout", idle_ms, idle_timeout_ms),
+            NotSleeping::Active { idle_timeout_ms, .. } => write!(f, "inbound traffic or CPU use within its {idle_timeout_ms} ms idle timeout: it sleeps once quiet that long"),
             NotSleeping::CpuBusy { permille, threshold_permille } => write!(f, "it uses {:.1}% of a CPU, above the {:.1}% idle threshold", *permille as f64 / 10.0, *threshold_permille as f64 / 10.0),
             NotSleeping::ExecRunning => write!(f, "an exec is running in it"),
             NotSleeping::Paused => write!(f, "it is paused"),
@@ -525,6 +557,17 @@ mod tests {
         };
         assert_eq!(f.short(60_000), "sleep failed, retry in 4m0s");
         assert!(NotSleeping::HostNetwork.to_string().contains("host"));
+        let a = NotSleeping::Active {
+            quiet_since_unix_ms: 10_000,
+            idle_timeout_ms: 60_000,
+        };
+        let b = NotSleeping::Active {
+            quiet_since_unix_ms: 12_000,
+            idle_timeout_ms: 60_000,
+        };
+        assert!(a.roughly_eq(&b));
+        assert_eq!(a.short(40_000), "active (idle 30s/1m0s)");
+        assert!(!a.roughly_eq(&NotSleeping::NoListener));
     }
 
     #[test]

@@ -199,6 +199,10 @@ impl OciRuntime for Fake {
         write_pid(&opts.pid_file, me());
         Ok(())
     }
+    fn checkpoint_blocker(&self, _pids: &[i32]) -> Option<String> {
+        // The fake dumps anything: its "task" is the test process, root or not.
+        None
+    }
     async fn wait(&self, pid: i32, _since: Instant) -> Exit {
         let (tx, rx) = oneshot::channel();
         if pid == me() {
@@ -238,14 +242,32 @@ impl Rig {
 
 /// Creates and starts a container on the fake runtime that holds a real listener.
 pub async fn rig() -> Rig {
+    rig_with(true, |_| {}).await
+}
+
+/// As [`rig`], with a network namespace of its own or the host's, and `tweak` applied to
+/// its configuration.
+pub async fn rig_with(own_netns: bool, tweak: impl FnOnce(&mut SleepConfig)) -> Rig {
     let dir = tempfile::tempdir().expect("tempdir");
     let bundle = dir.path().join("bundle");
     std::fs::create_dir_all(bundle.join("rootfs")).expect("bundle");
+    // A network namespace of its own, by path (a host-network container never sleeps);
+    // the fake never enters it, so a plain file stands for it.
+    let netns = dir.path().join("netns");
+    std::fs::write(&netns, b"").expect("netns stand-in");
+    let mut namespaces = vec![
+        serde_json::json!({"type": "pid"}),
+        serde_json::json!({"type": "mount"}),
+    ];
+    if own_netns {
+        namespaces
+            .push(serde_json::json!({"type": "network", "path": netns.display().to_string()}));
+    }
     let spec = serde_json::json!({
         "ociVersion": "1.0.2",
         "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["app"], "cwd": "/"},
         "root": {"path": "rootfs"},
-        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}
+        "linux": {"namespaces": namespaces}
     });
     std::fs::write(bundle.join("config.json"), spec.to_string()).expect("spec");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -253,7 +275,7 @@ pub async fn rig() -> Rig {
     let fake = Arc::new(Fake::default());
     let sink = Arc::new(MemorySink::default());
     std::fs::write(dir.path().join("default.conf"), "network-lock skip\n").expect("profile");
-    let config = SleepConfig {
+    let mut config = SleepConfig {
         idle_timeout: std::time::Duration::from_secs(3600),
         ports: vec![port],
         lazy_pages: LazyMode::Off,
@@ -261,6 +283,7 @@ pub async fn rig() -> Rig {
         wake_memory_reserve: 0,
         ..sleep_config(&[], &NodeConfig::default(), &[dir.path().to_path_buf()]).expect("config")
     };
+    tweak(&mut config);
     let c = Container::create(CreateRequest {
         id: format!("fake-{port}"),
         namespace: "test".into(),
