@@ -18,7 +18,7 @@ OUT := target/$(HOST_TRIPLE)/release
 # the dynamic loader, 0.2 ms a start (its own target dir keeps the flags apart).
 CRIU_TAR := target/static/$(HOST_TRIPLE)/release/lightwhale-criu-tar
 
-.PHONY: all build deps bench-deps install images test test-unit lint demo bench clean uninstall
+.PHONY: all build deps bench-deps install images test test-unit lint demo bench soak clean uninstall
 
 all: build
 
@@ -64,6 +64,13 @@ bench-deps:
 
 bench: bench-deps install images
 	/usr/bin/python3 bench/measure.py $(if $(QUICK),--quick)
+
+# Soak: CYCLES forced sleep/wake cycles of one stateful service under a steady client load;
+# fails on any failed request, lost state, or growth of the shim's fds, threads, memory or
+# the host's mounts after warm-up (CI: python3 scripts/soak.py --cycles 50).
+CYCLES ?= 1000
+soak: install images
+	/usr/bin/python3 scripts/soak.py --cycles $(CYCLES)
 
 demo: deps install images
 	bash scripts/demo.sh

@@ -8,13 +8,18 @@
   3. shim        memory of the shim per container: lightwhale vs containerd's Go runc shim
   4. density     N containers of 100 MiB put to sleep: host memory before and after
   5. throughput  awake requests/s under lightwhale vs runc (wrk, keep-alive)
+  6. herd        N sleeping containers woken at the same moment: first-byte times of N
+                 clients released together, and the time until all have answered
 
 Every request made is checked (status line, and the counter service's state: a wake that
 forgot its count is a failed request); `failed_requests` counts them over the whole run.
 
-Usage: bench/measure.py [--quick] [--json PATH]. Needs what `make deps install images`
-sets up (`make bench` does that). Prints markdown tables; writes bench/results/latest.json
-and bench/results/wake-vs-memory.png.
+Usage: bench/measure.py [--quick] [--json PATH] [--only SECTION,...] [--herd-n N]. Needs
+what `make deps install images` sets up (`make bench` does that). Prints markdown tables;
+writes bench/results/latest.json and bench/results/wake-vs-memory.png. --only runs the
+named sections (latency, memory, shim, density, throughput, herd) and writes
+bench/results/only-<sections>.json instead; --herd-n sets N of the herd (10 with --quick,
+else 50).
 """
 
 import json
@@ -26,7 +31,9 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 DOCKER = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker"
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -401,6 +408,67 @@ def throughput(seconds, rounds):
     return res
 
 
+# --- 6. herd -------------------------------------------------------------------------
+def herd(n, mib=16):
+    """N sleeping containers woken at the same moment: N clients, one per container,
+    released together by a barrier. Each answer must be count 2 (one GET before the sleep)."""
+    names = [f"{PREFIX}herd-{i}" for i in range(n)]
+    rm(*names)
+    try:
+        ports = []
+        while len(ports) < n:
+            p = free_port()
+            if p not in ports:
+                ports.append(p)
+        cids = [run("lightwhale", name, PYTHON, publish=port, env=[f"MEMORY_MIB={mib}"],
+                    annotations=["lightwhale.io/idle-timeout=1h"]) for name, port in zip(names, ports)]
+        for port in ports:
+            wait_serving("127.0.0.1", port, deadline_s=300)  # count 1
+        with ThreadPoolExecutor(max_workers=min(n, 8)) as ex:
+            sleep_ms = list(ex.map(lambda cid: lw_sleep(cid)["last_sleep_ms"], cids))
+        t0 = time.time()
+        while any(status(cid)["state"] != "asleep" for cid in cids):
+            if time.time() - t0 > 60:
+                raise RuntimeError("herd: not all containers asleep 60 s after their sleep")
+            time.sleep(0.05)
+        time.sleep(0.2)
+
+        barrier = threading.Barrier(n)
+        got = [None] * n  # (perf_counter released, perf_counter answered, request() result)
+
+        def client(i):
+            barrier.wait(timeout=120)
+            t = time.perf_counter()
+            r = request("127.0.0.1", ports[i], timeout=120)
+            got[i] = (t, time.perf_counter(), r)
+
+        threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        first_byte = []
+        for name, g in zip(names, got):
+            if g is None or g[2] is None:
+                FAILED.append((f"{name} herd wake", "no answer (or not 200)"))
+            elif g[2][1] != "2":
+                FAILED.append((f"{name} herd wake", f"answered {g[2][1]!r}, expected '2': state lost"))
+            else:
+                first_byte.append(g[2][0] * 1000)
+        done = [g for g in got if g is not None]
+        all_answered = (max(g[1] for g in done) - min(g[0] for g in done)) * 1000 if len(done) == n else None
+        wakes = [status(cid).get("last_wake_ms") for cid in cids]
+    finally:
+        rm(*names)
+    return {
+        "n": n, "memory_mib": mib, "first_byte_ms": first_byte,
+        "first_byte_p50_ms": med(first_byte), "first_byte_p99_ms": pct(first_byte, 99),
+        "first_byte_max_ms": max(first_byte) if first_byte else None,
+        "all_answered_ms": all_answered if len(first_byte) == n else None,
+        "woke_with_state": len(first_byte), "shim_wake_ms": wakes, "sleep_ms_p50": med(sleep_ms),
+    }
+
+
 # --- plot ----------------------------------------------------------------------------
 def plot(sweep, path):
     try:
@@ -454,9 +522,19 @@ def versions():
     }
 
 
+SECTIONS = ("latency", "memory", "shim", "density", "throughput", "herd")
+
+
 def main():
     quick = "--quick" in sys.argv
-    out_path = os.path.join(RESULTS, "latest.json")
+    only = SECTIONS
+    if "--only" in sys.argv:
+        only = tuple(x for x in sys.argv[sys.argv.index("--only") + 1].split(",") if x)
+        unknown = [x for x in only if x not in SECTIONS]
+        if unknown or not only:
+            print(f"--only: unknown section {unknown}; sections: {','.join(SECTIONS)}", file=sys.stderr)
+            return 2
+    out_path = os.path.join(RESULTS, "latest.json" if only == SECTIONS else f"only-{'-'.join(only)}.json")
     if "--json" in sys.argv:
         out_path = sys.argv[sys.argv.index("--json") + 1]
     os.makedirs(RESULTS, exist_ok=True)
@@ -465,81 +543,118 @@ def main():
     n_cold = 4 if quick else 8
     sizes = {16: 8, 256: 5} if quick else {16: 20, 256: 12, 1024: 8}
     n_dense = 10 if quick else 100
+    n_herd = 10 if quick else 50
+    if "--herd-n" in sys.argv:
+        n_herd = int(sys.argv[sys.argv.index("--herd-n") + 1])
     leftovers = sh(DOCKER, "ps", "-aq", "--filter", f"name={PREFIX}").split()
     if leftovers:
         rm(*leftovers)
     res = {"quick": quick, **versions()}
+    if only != SECTIONS:
+        res["only"] = list(only)
     log(f"{res['host']}, kernel {res['kernel']}, CRIU {res['criu']}, runc {res['runc']}")
 
     # 1. latency, small service
-    log("1/5 latency: cold start, docker start, wake eager/lazy, awake (busybox httpd)")
-    lat = {
-        "cold_docker_run_runc_ms": cold_docker_run("runc", BUSYBOX, n_cold),
-        "cold_docker_run_lightwhale_ms": cold_docker_run("lightwhale", BUSYBOX, n_cold),
-        "docker_start_runc_ms": cold_docker_start("runc", BUSYBOX, n_cold),
-        "docker_start_lightwhale_ms": cold_docker_start("lightwhale", BUSYBOX, n_cold),
-    }
-    auto = sleep_wake_cycles(f"{PREFIX}small-auto", BUSYBOX, n_small, "auto", awake_n=n_small)
-    lazy = sleep_wake_cycles(f"{PREFIX}small-lazy", BUSYBOX, max(8, n_small // 2), "on")
-    rm(f"{PREFIX}small-auto", f"{PREFIX}small-lazy")
-    lat.update({
-        "wake_ms": auto["wake_ms"], "wake_lazy_ms": lazy["wake_ms"], "sleep_ms": auto["sleep_ms"],
-        "awake_ms": auto["awake_ms"], "phases": phase_medians(auto["phases"]),
-        "phases_lazy": phase_medians(lazy["phases"]), "pages_bytes": auto["pages_bytes"],
-    })
-    res["latency"] = lat
+    if "latency" in only:
+        log("1/6 latency: cold start, docker start, wake eager/lazy, awake (busybox httpd)")
+        lat = {
+            "cold_docker_run_runc_ms": cold_docker_run("runc", BUSYBOX, n_cold),
+            "cold_docker_run_lightwhale_ms": cold_docker_run("lightwhale", BUSYBOX, n_cold),
+            "docker_start_runc_ms": cold_docker_start("runc", BUSYBOX, n_cold),
+            "docker_start_lightwhale_ms": cold_docker_start("lightwhale", BUSYBOX, n_cold),
+        }
+        auto = sleep_wake_cycles(f"{PREFIX}small-auto", BUSYBOX, n_small, "auto", awake_n=n_small)
+        lazy = sleep_wake_cycles(f"{PREFIX}small-lazy", BUSYBOX, max(8, n_small // 2), "on")
+        rm(f"{PREFIX}small-auto", f"{PREFIX}small-lazy")
+        lat.update({
+            "wake_ms": auto["wake_ms"], "wake_lazy_ms": lazy["wake_ms"], "sleep_ms": auto["sleep_ms"],
+            "awake_ms": auto["awake_ms"], "phases": phase_medians(auto["phases"]),
+            "phases_lazy": phase_medians(lazy["phases"]), "pages_bytes": auto["pages_bytes"],
+        })
+        res["latency"] = lat
 
     # 2. memory sweep
-    sweep = {}
-    for mib, n in sizes.items():
-        log(f"2/5 memory: {mib} MiB, {n} cycles eager and lazy, cold start")
-        env = [f"MEMORY_MIB={mib}"]
-        cold = cold_docker_run("runc", PYTHON, max(2, n_cold // 2), env=env)
-        eager = sleep_wake_cycles(f"{PREFIX}mem{mib}-eager", PYTHON, n, "off", env=env, counter=True, awake_n=5)
-        rm(f"{PREFIX}mem{mib}-eager")
-        lz = sleep_wake_cycles(f"{PREFIX}mem{mib}-lazy", PYTHON, n, "on", env=env, counter=True)
-        rm(f"{PREFIX}mem{mib}-lazy")
-        sweep[str(mib)] = {
-            "samples": n, "pages_mib": (eager["pages_bytes"] or 0) / 1048576,
-            "cold_start_p50_ms": med(cold), "awake_p50_ms": med(eager["awake_ms"]),
-            "eager_wake_p50_ms": med(eager["wake_ms"]), "eager_wake_p99_ms": pct(eager["wake_ms"], 99),
-            "lazy_wake_p50_ms": med(lz["wake_ms"]), "lazy_wake_p99_ms": pct(lz["wake_ms"], 99),
-            "eager_sleep_p50_ms": med(eager["sleep_ms"]), "lazy_sleep_p50_ms": med(lz["sleep_ms"]),
-            "eager_phases": phase_medians(eager["phases"]), "lazy_phases": phase_medians(lz["phases"]),
-            "raw": {"cold": cold, "eager_wake": eager["wake_ms"], "lazy_wake": lz["wake_ms"],
-                    "eager_sleep": eager["sleep_ms"], "lazy_sleep": lz["sleep_ms"]},
-        }
-    res["memory"] = sweep
+    if "memory" in only:
+        sweep = {}
+        for mib, n in sizes.items():
+            log(f"2/6 memory: {mib} MiB, {n} cycles eager and lazy, cold start")
+            env = [f"MEMORY_MIB={mib}"]
+            cold = cold_docker_run("runc", PYTHON, max(2, n_cold // 2), env=env)
+            eager = sleep_wake_cycles(f"{PREFIX}mem{mib}-eager", PYTHON, n, "off", env=env, counter=True, awake_n=5)
+            rm(f"{PREFIX}mem{mib}-eager")
+            lz = sleep_wake_cycles(f"{PREFIX}mem{mib}-lazy", PYTHON, n, "on", env=env, counter=True)
+            rm(f"{PREFIX}mem{mib}-lazy")
+            sweep[str(mib)] = {
+                "samples": n, "pages_mib": (eager["pages_bytes"] or 0) / 1048576,
+                "cold_start_p50_ms": med(cold), "awake_p50_ms": med(eager["awake_ms"]),
+                "eager_wake_p50_ms": med(eager["wake_ms"]), "eager_wake_p99_ms": pct(eager["wake_ms"], 99),
+                "lazy_wake_p50_ms": med(lz["wake_ms"]), "lazy_wake_p99_ms": pct(lz["wake_ms"], 99),
+                "eager_sleep_p50_ms": med(eager["sleep_ms"]), "lazy_sleep_p50_ms": med(lz["sleep_ms"]),
+                "eager_phases": phase_medians(eager["phases"]), "lazy_phases": phase_medians(lz["phases"]),
+                "raw": {"cold": cold, "eager_wake": eager["wake_ms"], "lazy_wake": lz["wake_ms"],
+                        "eager_sleep": eager["sleep_ms"], "lazy_sleep": lz["sleep_ms"]},
+            }
+        res["memory"] = sweep
 
-    log("3/5 shim memory: lightwhale vs runc shim")
-    res["shim"] = shim_memory()
-    log(f"4/5 density: {n_dense} containers of 100 MiB")
-    res["density"] = density(n_dense)
-    log("5/5 throughput: wrk against busybox httpd, runc vs lightwhale")
-    res["throughput_rps"] = throughput(5 if quick else 10, 2 if quick else 3)
+    if "shim" in only:
+        log("3/6 shim memory: lightwhale vs runc shim")
+        res["shim"] = shim_memory()
+    if "density" in only:
+        log(f"4/6 density: {n_dense} containers of 100 MiB")
+        res["density"] = density(n_dense)
+    if "throughput" in only:
+        log("5/6 throughput: wrk against busybox httpd, runc vs lightwhale")
+        res["throughput_rps"] = throughput(5 if quick else 10, 2 if quick else 3)
+    if "herd" in only:
+        log(f"6/6 herd: {n_herd} sleeping containers (16 MiB) woken at once")
+        res["herd"] = herd(n_herd)
 
-    shim = res["shim"]
+    if "latency" in res:
+        lat = res["latency"]
+        res.update({
+            "wake_small_p50_ms": med(lat["wake_ms"]), "wake_small_p99_ms": pct(lat["wake_ms"], 99),
+            "wake_small_lazy_p50_ms": med(lat["wake_lazy_ms"]),
+        })
+    if "memory" in res:
+        sweep = res["memory"]
+        res.update({
+            "wake_256m_lazy_p50_ms": sweep["256"]["lazy_wake_p50_ms"],
+            "wake_256m_eager_p50_ms": sweep["256"]["eager_wake_p50_ms"],
+            "wake_1g_lazy_p50_ms": sweep.get("1024", {}).get("lazy_wake_p50_ms"),
+            "wake_1g_eager_p50_ms": sweep.get("1024", {}).get("eager_wake_p50_ms"),
+        })
+    if "latency" in res:
+        res.update({
+            "cold_start_small_p50_ms": med(lat["cold_docker_run_runc_ms"]),
+            "docker_start_small_p50_ms": med(lat["docker_start_runc_ms"]),
+            "sleep_small_p50_ms": med(lat["sleep_ms"]),
+            "awake_small_p50_ms": med(lat["awake_ms"]),
+        })
+    if "shim" in res:
+        shim = res["shim"]
+        res.update({
+            "shim_rss_kib": (shim.get("lightwhale_asleep") or {}).get("rss"),
+            "shim_rss_awake_kib": (shim.get("lightwhale_awake") or {}).get("rss"),
+            "runc_shim_rss_kib": (shim.get("runc_awake") or {}).get("rss"),
+        })
+    if "density" in res:
+        res["host_cost_asleep_per_container_kib"] = round(res["density"]["per_container_asleep_mib"] * 1024)
+    if "throughput_rps" in res:
+        res.update({
+            "throughput_lightwhale_rps": med(res["throughput_rps"]["lightwhale"]),
+            "throughput_runc_rps": med(res["throughput_rps"]["runc"]),
+        })
+    if "herd" in res:
+        h = res["herd"]
+        res.update({
+            "herd_n": h["n"], "herd_first_byte_p50_ms": h["first_byte_p50_ms"],
+            "herd_first_byte_p99_ms": h["first_byte_p99_ms"], "herd_all_answered_ms": h["all_answered_ms"],
+        })
     res.update({
-        "wake_small_p50_ms": med(lat["wake_ms"]), "wake_small_p99_ms": pct(lat["wake_ms"], 99),
-        "wake_small_lazy_p50_ms": med(lat["wake_lazy_ms"]),
-        "wake_256m_lazy_p50_ms": sweep["256"]["lazy_wake_p50_ms"],
-        "wake_256m_eager_p50_ms": sweep["256"]["eager_wake_p50_ms"],
-        "wake_1g_lazy_p50_ms": sweep.get("1024", {}).get("lazy_wake_p50_ms"),
-        "wake_1g_eager_p50_ms": sweep.get("1024", {}).get("eager_wake_p50_ms"),
-        "cold_start_small_p50_ms": med(lat["cold_docker_run_runc_ms"]),
-        "docker_start_small_p50_ms": med(lat["docker_start_runc_ms"]),
-        "sleep_small_p50_ms": med(lat["sleep_ms"]),
-        "awake_small_p50_ms": med(lat["awake_ms"]),
-        "shim_rss_kib": (shim.get("lightwhale_asleep") or {}).get("rss"),
-        "shim_rss_awake_kib": (shim.get("lightwhale_awake") or {}).get("rss"),
-        "runc_shim_rss_kib": (shim.get("runc_awake") or {}).get("rss"),
-        "host_cost_asleep_per_container_kib": round(res["density"]["per_container_asleep_mib"] * 1024),
-        "throughput_lightwhale_rps": med(res["throughput_rps"]["lightwhale"]),
-        "throughput_runc_rps": med(res["throughput_rps"]["runc"]),
         "failed_requests": len(FAILED), "failures": FAILED[:50],
         "duration_s": round(time.time() - t_start),
     })
-    res["plot"] = plot(sweep, os.path.join(RESULTS, "wake-vs-memory.png"))
+    res["plot"] = plot(res["memory"], os.path.join(RESULTS, "wake-vs-memory.png")) if "memory" in res else None
     with open(out_path, "w") as f:
         json.dump(res, f, indent=1)
     print_tables(res)
@@ -548,10 +663,21 @@ def main():
 
 
 def print_tables(r):
-    lat, sweep, shim, d, tp = r["latency"], r["memory"], r["shim"], r["density"], r["throughput_rps"]
-    print(f"lightwhale benchmarks{' (QUICK)' if r['quick'] else ''}: {r['host']}, kernel {r['kernel']}, "
+    only = f" (only {', '.join(r['only'])})" if r.get("only") else ""
+    print(f"lightwhale benchmarks{' (QUICK)' if r['quick'] else ''}{only}: {r['host']}, kernel {r['kernel']}, "
           f"CRIU {r['criu']}, runc {r['runc']}, containerd {r['containerd']}, docker {r['docker']}; "
-          f"{r['duration_s']} s\n")
+          f"{r['duration_s']} s")
+    for key, section in (("latency", print_latency), ("memory", print_memory), ("shim", print_shim),
+                         ("density", print_density), ("throughput_rps", print_throughput), ("herd", print_herd)):
+        if key in r:
+            print()
+            section(r[key])
+    print(f"\nfailed requests over the whole run: {r['failed_requests']}")
+    for what, why in r["failures"]:
+        print(f"  - {what}: {why}")
+
+
+def print_latency(lat):
     print("### 1. Small service (busybox httpd): wake vs cold start vs awake, ms\n")
     print("| | p50 | p99 | samples |\n|---|---|---|---|")
     rows = [("cold start, `docker run` to first byte (runc)", lat["cold_docker_run_runc_ms"]),
@@ -571,7 +697,9 @@ def print_tables(r):
           f"Lazy: daemon start {fmt(lat['phases_lazy']['lazy_daemon_ms'], 1)} ms, runc "
           f"{fmt(lat['phases_lazy']['runc_restore_ms'], 1)} ms, fill {fmt(lat['phases_lazy']['fill_ms'], 1)} ms.")
 
-    print("\n### 2. Wake and sleep vs touched memory (python service), p50 ms\n")
+
+def print_memory(sweep):
+    print("### 2. Wake and sleep vs touched memory (python service), p50 ms\n")
     print("| touched memory | checkpoint pages | cold start (runc) | wake eager | wake lazy | lazy: runc / CRIU / fill | "
           "sleep eager | awake request |")
     print("|---|---|---|---|---|---|---|---|")
@@ -583,14 +711,18 @@ def print_tables(r):
               f"{fmt(lp['runc_restore_ms'])} / {fmt(lp['criu_restore_ms'])} / {fmt(lp['fill_ms'])} | "
               f"{fmt(s['eager_sleep_p50_ms'])} | {fmt(s['awake_p50_ms'], 2)} |")
 
-    print("\n### 3. Shim memory per container, KiB (RSS / PSS / private)\n")
+
+def print_shim(shim):
+    print("### 3. Shim memory per container, KiB (RSS / PSS / private)\n")
     print("| shim | RSS | PSS | private |\n|---|---|---|---|")
     for label, key in [("containerd-shim-runc-v2, awake", "runc_awake"), ("lightwhale, awake", "lightwhale_awake"),
                        ("lightwhale, asleep", "lightwhale_asleep"), ("lightwhale, after a wake", "lightwhale_after_wake")]:
         m = shim.get(key) or {}
         print(f"| {label} | {m.get('rss', '-')} | {m.get('pss', '-')} | {m.get('private', '-')} |")
 
-    print(f"\n### 4. Density: {d['n']} containers of {d['memory_mib']} MiB\n")
+
+def print_density(d):
+    print(f"### 4. Density: {d['n']} containers of {d['memory_mib']} MiB\n")
     print("| | host MemAvailable | per container |\n|---|---|---|")
     print(f"| before | {d['mem_available_before_mib']:.0f} MiB | |")
     print(f"| all awake | {d['mem_available_awake_mib']:.0f} MiB | {d['per_container_awake_mib']:.1f} MiB |")
@@ -603,13 +735,24 @@ def print_tables(r):
           f"Sleep p50 {fmt(d['sleep_ms_p50'])} ms; {d['woke_with_state']}/{d['n']} woke with their state "
           f"(p50 {fmt(d['wake_ms_p50'])} ms).")
 
-    print("\n### 5. Awake throughput (wrk, 2 threads, 8 keep-alive connections, python service), requests/s\n")
+
+def print_throughput(tp):
+    print("### 5. Awake throughput (wrk, 2 threads, 8 keep-alive connections, python service), requests/s\n")
     print("| runtime | p50 of rounds | rounds |\n|---|---|---|")
     for rt in ("runc", "lightwhale"):
         print(f"| {rt} | {fmt(med(tp[rt]))} | {', '.join(fmt(x) for x in tp[rt])} |")
-    print(f"\nfailed requests over the whole run: {r['failed_requests']}")
-    for what, why in r["failures"]:
-        print(f"  - {what}: {why}")
+
+
+def print_herd(h):
+    print(f"### 6. Herd: {h['n']} sleeping containers woken at once\n")
+    print(f"{h['n']} counter services ({h['memory_mib']} MiB), each asleep; {h['n']} clients released together "
+          f"by a barrier, one GET / each (connect to first byte), ms:\n")
+    print("| containers | first byte p50 | p99 | max | all answered | woke with their state | "
+          "wake p50 / max (the shims' measure) |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {h['n']} | {fmt(h['first_byte_p50_ms'])} | {fmt(h['first_byte_p99_ms'])} | "
+          f"{fmt(h['first_byte_max_ms'])} | {fmt(h['all_answered_ms'])} | {h['woke_with_state']}/{h['n']} | "
+          f"{fmt(med(h['shim_wake_ms']))} / {fmt(pct(h['shim_wake_ms'], 100))} |")
 
 
 if __name__ == "__main__":

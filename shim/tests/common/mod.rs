@@ -326,3 +326,32 @@ pub fn run_lw(
     args.extend(cmd);
     docker(&args).ok().trimmed().to_string()
 }
+
+/// GET / until a service that is still starting answers 200 (at most `timeout`).
+pub fn wait_get(port: u16, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(body) = try_get(port, Duration::from_secs(10)) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer on port {port} within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `lightwhale sleep ID`, retried while the container refuses for a passing reason (its
+/// server not listening yet, a request just answered), at most 20 s.
+pub fn sleep_now(id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = run("lightwhale", &["sleep", id]);
+        if out.code == 0 && out.stdout.contains("asleep") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{id} would not sleep: {out:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
