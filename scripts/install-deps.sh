@@ -215,5 +215,12 @@ fi
 wait_for dockerd 60 /usr/bin/docker info
 wait_for "the lightwhale runtime in dockerd" 10 sh -c '/usr/bin/docker info --format "{{json .Runtimes}}" | grep -q lightwhale'
 
+# CRIU without CAP_SYS_RESOURCE (some VMs withhold it even from root) cannot dump a
+# process that does not run as root: such containers stay awake, and say why.
+capeff=$(awk '/^CapEff:/ {print $2}' /proc/self/status)
+if [ -n "$capeff" ] && [ $(( (16#$capeff >> 24) & 1 )) -eq 0 ]; then
+  log "note: this host gives root no CAP_SYS_RESOURCE: CRIU cannot dump processes that do not run as root here; such containers stay awake (lightwhale inspect: cannot_dump)"
+fi
+
 log "ready: criu $(criu --version | awk '/^Version:/ {print $2}'), $(runc --version | head -1)," \
   "containerd $(containerd --version | awk '{print $3}'), docker $(/usr/bin/docker version --format '{{.Server.Version}}')"

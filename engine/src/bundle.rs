@@ -140,6 +140,33 @@ impl BundleState {
 /// How much of each CRIU log is kept for a container that failed.
 pub const LOG_KEEP_BYTES: usize = 1 << 20;
 
+/// Removes checkpoint images that no container owns any more: a directory
+/// `<images>/<namespace>/<id>` whose container has no live status file under `status`.
+/// Status files live on tmpfs, so this is what a reboot leaves (containerd does not clean
+/// up shims it no longer knows). Safe beside running shims: a container's status file is
+/// written at create, before it can sleep, and removed after its images. Returns what
+/// was removed.
+pub fn sweep_orphan_images(images: &Path, status: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    for ns in std::fs::read_dir(images).into_iter().flatten().flatten() {
+        if !ns.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let namespace = ns.file_name();
+        for c in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+            let id = c.file_name();
+            let live = status
+                .join(&namespace)
+                .join(format!("{}.json", id.to_string_lossy()));
+            if !live.exists() && c.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_dir_quiet(&c.path());
+                removed.push(c.path());
+            }
+        }
+    }
+    removed
+}
+
 pub(crate) fn remove_dir_quiet(dir: &Path) {
     if let Err(e) = std::fs::remove_dir_all(dir) {
         if e.kind() != std::io::ErrorKind::NotFound {
@@ -186,6 +213,21 @@ mod tests {
             Some(&b"criu said no"[..])
         );
         back.retire_records(None);
+    }
+
+    #[test]
+    fn images_without_a_live_record_are_swept() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let (images, status) = (d.path().join("images"), d.path().join("status"));
+        for id in ["live", "orphan"] {
+            std::fs::create_dir_all(images.join("ns").join(id).join("images")).expect("mkdir");
+        }
+        std::fs::create_dir_all(status.join("ns")).expect("mkdir");
+        std::fs::write(status.join("ns/live.json"), b"{}").expect("write");
+        let removed = sweep_orphan_images(&images, &status);
+        assert_eq!(removed, vec![images.join("ns/orphan")]);
+        assert!(images.join("ns/live/images").exists());
+        assert!(sweep_orphan_images(&d.path().join("absent"), &status).is_empty());
     }
 
     #[test]

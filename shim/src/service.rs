@@ -91,6 +91,10 @@ impl Service {
             images: node.image_dir(),
             ..Dirs::default()
         };
+        // What a reboot (or a crash containerd never saw) left: images nobody owns.
+        for orphan in lightwhale_engine::bundle::sweep_orphan_images(&dirs.images, &dirs.status) {
+            info!("removed orphaned checkpoint images {}", orphan.display());
+        }
         Service {
             namespace: namespace.to_string(),
             node,
