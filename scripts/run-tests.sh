@@ -62,7 +62,7 @@ fi
 # The soak, short: 50 sleep/wake cycles under load, 0 failed requests, state monotonic,
 # no growth in the shim's fds, threads or memory after warm-up, nothing left behind.
 soak_start=$(date +%s)
-if ! /usr/bin/python3 scripts/soak.py --cycles 50; then
+if ! /usr/bin/python3 scripts/soak.py --cycles 50 --json bench/results/soak-ci.json; then
   failed+=("soak")
 fi
 echo "make test: soak (50 cycles) took $(( $(date +%s) - soak_start )) s"
