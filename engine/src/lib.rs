@@ -33,6 +33,7 @@ pub mod reaper;
 pub mod runc;
 pub mod runtime;
 pub mod sleep;
+pub mod slots;
 pub mod sockets;
 pub mod spec;
 pub mod state;

@@ -32,8 +32,12 @@ struct Table {
 }
 
 /// Unclaimed exits are kept this long: long enough for any caller that spawned the
-/// process to ask, short enough that orphans re-parented to us do not pile up.
-const UNCLAIMED_TTL: Duration = Duration::from_secs(300);
+/// process to ask (it subscribes right after the spawn: an exit can only beat it by
+/// moments), short enough that the exits of orphans re-parented to us (a restore's
+/// helpers) do not pile up in a shim that sleeps and wakes all night.
+const UNCLAIMED_TTL: Duration = Duration::from_secs(30);
+/// And at most this many, whatever their age.
+const UNCLAIMED_MAX: usize = 1024;
 
 fn table() -> &'static Mutex<Table> {
     static TABLE: OnceLock<Mutex<Table>> = OnceLock::new();
@@ -143,6 +147,16 @@ fn dispatch(pid: i32, status: i32) {
     let now = Instant::now();
     t.unclaimed
         .retain(|_, (_, seen)| now.duration_since(*seen) < UNCLAIMED_TTL);
+    if t.unclaimed.len() >= UNCLAIMED_MAX {
+        if let Some(oldest) = t
+            .unclaimed
+            .iter()
+            .min_by_key(|(_, (_, seen))| *seen)
+            .map(|(pid, _)| *pid)
+        {
+            t.unclaimed.remove(&oldest);
+        }
+    }
     t.unclaimed.insert(pid, (exit, now));
 }
 

@@ -102,6 +102,14 @@ impl Container {
             queued_ms: ms(since.elapsed()),
             ..Default::default()
         };
+        // A node-wide limit on restores at once, if configured: the slot is held until
+        // this restore (and its retry) is done.
+        let _slot = crate::slots::acquire(
+            &self.dirs.state.join("restore-slots"),
+            self.config.restore_slots,
+        )
+        .await;
+        phases.queued_ms = ms(since.elapsed());
         let mut last = None;
         for attempt in 1..=2 {
             match self.restore_once(&mut phases).await {

@@ -340,7 +340,8 @@ pub struct WakePhases {
     pub trigger: String,
     /// Post-copy restore (pages follow the task) rather than eager.
     pub lazy: bool,
-    /// Trigger to the start of the wake (waiting for a transition under way).
+    /// Trigger to the start of the restore: waiting for a transition under way, for the
+    /// memory the restore needs, for a node-wide restore slot.
     pub queued_ms: f64,
     /// Starting the `criu lazy-pages` daemon until it listens.
     pub lazy_daemon_ms: Option<f64>,
