@@ -154,6 +154,11 @@ impl MemorySink {
             .clone()
     }
 
+    /// Takes the events recorded so far, leaving none.
+    pub fn take(&self) -> Vec<Event> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// The events matching `f`, in order.
     pub fn matching(&self, f: impl Fn(&Event) -> bool) -> Vec<Event> {
         self.events().into_iter().filter(|e| f(e)).collect()

@@ -57,6 +57,11 @@ impl Fake {
         self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Forgets the calls recorded so far.
+    pub fn forget_calls(&self) {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     fn record(&self, call: String) {
         self.calls
             .lock()
