@@ -75,6 +75,27 @@ impl Dirs {
     }
 }
 
+/// A container's place in a pod (containerd's CRI groups a pod's containers in one shim).
+#[derive(Clone, Default)]
+pub enum PodRole {
+    /// Not in a pod (Docker, `ctr run`).
+    #[default]
+    None,
+    /// The pod's sandbox (pause) container: it holds the network namespace, never sleeps.
+    Sandbox,
+    /// An app container: sleeps once every member of its group is idle, wakes with them.
+    Member(Arc<crate::group::Group>),
+}
+
+impl PodRole {
+    pub fn group(&self) -> Option<&Arc<crate::group::Group>> {
+        match self {
+            PodRole::Member(g) => Some(g),
+            _ => None,
+        }
+    }
+}
+
 /// The background page fill of a lazy wake.
 pub(crate) struct Fill {
     pub daemon_pid: i32,
@@ -110,6 +131,9 @@ pub struct Container {
     pub config: SleepConfig,
     /// It shares the host's network namespace (never put to sleep: see `Refusal`).
     pub host_network: bool,
+    /// Its place in a pod: the sandbox (never sleeps), or a member that sleeps and wakes
+    /// with the others.
+    pub pod: PodRole,
     pub(crate) runtime: Arc<dyn OciRuntime>,
     pub(crate) sink: Arc<dyn EventSink>,
     pub(crate) dirs: Dirs,
@@ -130,6 +154,8 @@ pub struct Container {
     pub(crate) dump_exited: Notify,
     /// Activity the monitor cannot see in counters (an exec, a wake).
     activity: AtomicBool,
+    /// The monitor's last verdict: idle long enough to sleep (its pod reads it).
+    idle_ready: AtomicBool,
     pub(crate) deleted: AtomicBool,
     /// The control socket and the idle monitor, stopped at delete.
     pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -158,6 +184,7 @@ pub(crate) struct Parts {
     pub bundle: PathBuf,
     pub config: SleepConfig,
     pub host_network: bool,
+    pub pod: PodRole,
     pub runtime: Arc<dyn OciRuntime>,
     pub sink: Arc<dyn EventSink>,
     pub dirs: Dirs,
@@ -178,6 +205,7 @@ impl Container {
             bundle: p.bundle,
             config: p.config,
             host_network: p.host_network,
+            pod: p.pod,
             runtime: p.runtime,
             sink: p.sink,
             dirs: p.dirs,
@@ -203,6 +231,7 @@ impl Container {
             state_tx: watch::channel(state).0,
             dump_exited: Notify::new(),
             activity: AtomicBool::new(false),
+            idle_ready: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
         })
@@ -397,6 +426,24 @@ impl Container {
 
     pub(crate) fn take_activity(&self) -> bool {
         self.activity.swap(false, Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_idle_ready(&self, ready: bool) {
+        self.idle_ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Whether its monitor last found it idle long enough to sleep.
+    pub fn is_idle_ready(&self) -> bool {
+        self.idle_ready.load(Ordering::Relaxed)
+    }
+
+    /// A name for messages: the recorded name, else the short id.
+    pub fn display_name(&self) -> String {
+        self.lock()
+            .status
+            .name
+            .clone()
+            .unwrap_or_else(|| self.id.chars().take(12).collect())
     }
 
     pub(crate) fn emit(&self, event: Event) {

@@ -23,6 +23,8 @@ pub enum Trigger {
     Checkpoint,
     /// `lightwhale wake`.
     Request,
+    /// Another container of its pod woke.
+    Pod,
 }
 
 impl Trigger {
@@ -34,6 +36,7 @@ impl Trigger {
             Trigger::Pause => "pause",
             Trigger::Checkpoint => "checkpoint request",
             Trigger::Request => "request",
+            Trigger::Pod => "pod",
         }
     }
 }

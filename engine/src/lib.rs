@@ -21,6 +21,7 @@ pub mod container;
 pub mod control;
 pub mod error;
 pub mod events;
+pub mod group;
 pub mod hold;
 pub mod hooks;
 pub mod lazy;

@@ -113,6 +113,8 @@ pub struct CreateRequest {
     pub bundle_state: BundleState,
     pub no_pivot: bool,
     pub no_new_keyring: bool,
+    /// Its place in a pod, if it is in one.
+    pub pod: crate::container::PodRole,
 }
 
 /// A name for people, from what Kubernetes (containerd's CRI) and nerdctl put in the
@@ -205,6 +207,7 @@ impl Container {
             bundle_state: mut state,
             no_pivot,
             no_new_keyring,
+            pod,
         } = req;
         let image_root = dirs.images.join(&namespace).join(&id);
         state.image_root = Some(image_root.clone());
@@ -310,6 +313,7 @@ impl Container {
             bundle,
             config,
             host_network,
+            pod,
             runtime,
             sink,
             dirs,
@@ -319,6 +323,9 @@ impl Container {
             memcg,
             status,
         });
+        if let Some(g) = c.pod.group() {
+            g.join(&c);
+        }
         c.write_initial_status();
         crate::control::serve(&c);
         c.watch_init(pid, since);

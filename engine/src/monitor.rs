@@ -89,7 +89,9 @@ pub fn spawn(c: &Arc<Container>) {
             let Some(sample) = probe.as_ref().and_then(|(_, p)| p.sample()) else {
                 continue;
             };
-            if !tracker.observe(sample, now) {
+            let idle = tracker.observe(sample, now);
+            c.set_idle_ready(idle);
+            if !idle {
                 c.set_not_sleeping(Some(match tracker.busy_cpu_permille() {
                     Some(permille) => NotSleeping::CpuBusy {
                         permille,
@@ -105,6 +107,31 @@ pub fn spawn(c: &Arc<Container>) {
             if now < not_before {
                 c.set_not_sleeping(held_back.clone());
                 continue;
+            }
+            // A pod sleeps as one: only when every other member that may sleep is idle
+            // too, and then all of them together.
+            let others = c.pod.group().map(|g| g.others(&c)).unwrap_or_default();
+            let sleepers: Vec<_> = others
+                .into_iter()
+                .filter(|o| o.static_refusal().is_none())
+                .collect();
+            if let Some(busy) = sleepers
+                .iter()
+                .find(|o| o.state() == State::Awake && !o.is_idle_ready())
+            {
+                c.set_not_sleeping(Some(NotSleeping::PodBusy {
+                    container: busy.display_name(),
+                }));
+                continue;
+            }
+            for o in sleepers {
+                if o.state() == State::Awake {
+                    tokio::spawn(async move {
+                        if let Err(e) = o.sleep().await {
+                            info!(id = %o.id, "with its pod: {e}");
+                        }
+                    });
+                }
             }
             match c.sleep().await {
                 Ok(()) => {

@@ -32,6 +32,8 @@ pub enum Refusal {
     Disabled,
     #[error("it uses the host's network namespace: a wake there would reset the first connection")]
     HostNetwork,
+    #[error("it is its pod's sandbox container, which holds the pod's network namespace")]
+    PodSandbox,
     #[error("the container is {0}")]
     NotAwake(State),
     #[error("tasks with a terminal do not sleep")]
@@ -66,6 +68,7 @@ impl Refusal {
         Some(match self {
             Refusal::Disabled => NotSleeping::Disabled,
             Refusal::HostNetwork => NotSleeping::HostNetwork,
+            Refusal::PodSandbox => NotSleeping::PodSandbox,
             Refusal::NotAwake(State::Paused) => NotSleeping::Paused,
             Refusal::NotAwake(_) => return None,
             Refusal::Terminal => NotSleeping::Terminal,
@@ -204,7 +207,9 @@ impl Container {
 
     /// Why this container never sleeps, whatever it does: None when it may.
     pub fn static_refusal(&self) -> Option<Refusal> {
-        if !self.config.enabled {
+        if matches!(self.pod, crate::container::PodRole::Sandbox) {
+            Some(Refusal::PodSandbox)
+        } else if !self.config.enabled {
             Some(Refusal::Disabled)
         } else if self.init.paths.terminal {
             Some(Refusal::Terminal)

@@ -183,6 +183,10 @@ impl Container {
             took_ms: took.as_millis() as u64,
             lazy: phases.lazy,
         });
+        // A pod wakes whole: its other containers may be what this one needs next.
+        if let Some(g) = self.pod.group() {
+            crate::group::wake_others(g, self);
+        }
         if let Some(cmd) = self.config.post_wake_exec.clone() {
             // Off the wake path: the client's first byte never waits for the hook.
             let c = self.clone();

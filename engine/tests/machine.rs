@@ -9,7 +9,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fake::{rig, rig_with};
+use fake::{rig, rig_full, rig_with};
+use lightwhale_engine::container::PodRole;
+use lightwhale_engine::group::Group;
 use lightwhale_engine::{ContainerError, Event, SleepError, State, Trigger, WakeError};
 use lightwhale_status::NotSleeping;
 use tokio::sync::Semaphore;
@@ -467,4 +469,47 @@ async fn a_wake_that_does_not_fit_in_memory_leaves_it_asleep() {
         .unwrap_or_default()
         .contains("not enough memory"));
     assert_eq!(exits(&r.sink.events()), vec![]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_wakes_whole_when_one_of_its_containers_wakes() {
+    let _serial = SERIAL.lock().await;
+    let pod = Group::new("sandbox-1");
+    let a = rig_full(true, PodRole::Member(pod.clone()), |_| {}).await;
+    let b = rig_full(true, PodRole::Member(pod.clone()), |_| {}).await;
+    assert_eq!(pod.len(), 2);
+    a.c.sleep().await.expect("a sleeps");
+    b.c.sleep().await.expect("b sleeps");
+    // A connection to a's port wakes a; b comes back with it.
+    let _client = std::net::TcpStream::connect(("127.0.0.1", a.port)).expect("connect");
+    assert_eq!(
+        b.c.wait_for_state(State::Awake, Duration::from_secs(5))
+            .await,
+        Some(State::Awake)
+    );
+    assert_eq!(a.c.state(), State::Awake);
+    assert_eq!(
+        b.c.status().last_wake_phases.map(|p| p.trigger).as_deref(),
+        Some("pod")
+    );
+    drop(_client);
+    let _ = a.listener.accept();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_sandbox_never_sleeps_and_says_why() {
+    let _serial = SERIAL.lock().await;
+    let r = rig_full(true, PodRole::Sandbox, |_| {}).await;
+    let e =
+        r.c.sleep()
+            .await
+            .expect_err("the sandbox holds the pod's namespace");
+    assert!(
+        matches!(
+            e,
+            SleepError::Refused(lightwhale_engine::Refusal::PodSandbox)
+        ),
+        "{e}"
+    );
+    assert_eq!(r.c.status().not_sleeping, Some(NotSleeping::PodSandbox));
 }

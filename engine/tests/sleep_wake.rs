@@ -102,6 +102,7 @@ async fn start(name: &str, memory_mib: u32, lazy: LazyMode, criu_profile: &str) 
         bundle_state: Default::default(),
         no_pivot: false,
         no_new_keyring: false,
+        pod: Default::default(),
     })
     .await
     .expect("create");

@@ -22,6 +22,8 @@ use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
 use containerd_shim_protos::ttrpc::{self, Code};
 use lightwhale_engine::bundle::BundleState;
 use lightwhale_engine::config::{self, NodeConfig};
+use lightwhale_engine::container::PodRole;
+use lightwhale_engine::group::Group;
 use lightwhale_engine::process::{ExitInfo, TaskStatus};
 use lightwhale_engine::runc::{CheckpointOpts, Runc};
 use lightwhale_engine::spec::BundleSpec;
@@ -72,6 +74,16 @@ fn task_status(s: TaskStatus) -> Status {
     }
 }
 
+/// Annotations by which containerd's CRI (and CRI-O) say what a container is in its pod.
+const CONTAINER_TYPE: &[&str] = &[
+    "io.kubernetes.cri.container-type",
+    "io.kubernetes.cri-o.ContainerType",
+];
+const SANDBOX_ID: &[&str] = &[
+    "io.kubernetes.cri.sandbox-id",
+    "io.kubernetes.cri-o.SandboxID",
+];
+
 pub struct Service {
     namespace: String,
     node: NodeConfig,
@@ -79,6 +91,8 @@ pub struct Service {
     events: Arc<EventQueue>,
     exit: Arc<ExitSignal>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// The pods served by this shim, by sandbox id.
+    pods: Mutex<HashMap<String, std::sync::Weak<Group>>>,
 }
 
 impl Service {
@@ -102,7 +116,34 @@ impl Service {
             events: publisher::start(publisher, namespace.to_string()),
             exit,
             containers: Mutex::new(HashMap::new()),
+            pods: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The container's place in a pod, from the CRI's annotations.
+    fn pod_role(&self, spec: &BundleSpec) -> PodRole {
+        let first = |keys: &[&str]| {
+            keys.iter()
+                .find_map(|k| spec.annotation(k).filter(|v| !v.is_empty()))
+                .map(str::to_string)
+        };
+        if first(CONTAINER_TYPE).as_deref() == Some("sandbox") {
+            return PodRole::Sandbox;
+        }
+        let Some(sandbox) = first(SANDBOX_ID) else {
+            return PodRole::None;
+        };
+        let mut pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+        pods.retain(|_, g| g.strong_count() > 0);
+        let group = match pods.get(&sandbox).and_then(std::sync::Weak::upgrade) {
+            Some(g) => g,
+            None => {
+                let g = Group::new(&sandbox);
+                pods.insert(sandbox, Arc::downgrade(&g));
+                g
+            }
+        };
+        PodRole::Member(group)
     }
 
     fn containers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Container>>> {
@@ -174,6 +215,7 @@ impl Task for Service {
         let sleep_cfg =
             config::sleep_config(&spec.annotations(), &self.node, &config::profile_dirs())
                 .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
+        let pod = self.pod_role(&spec);
         let binary_name = if opts.binary_name.is_empty() {
             "runc"
         } else {
@@ -224,6 +266,7 @@ impl Task for Service {
             bundle_state,
             no_pivot: opts.no_pivot_root,
             no_new_keyring: opts.no_new_keyring,
+            pod,
         })
         .await
         .map_err(rpc_error)?;

@@ -177,6 +177,11 @@ pub enum NotSleeping {
     },
     /// CRIU cannot dump one of its processes on this host.
     CannotDump { detail: String },
+    /// The pod's sandbox (pause) container: it holds the pod's network namespace and
+    /// stays awake while the pod's app containers sleep.
+    PodSandbox,
+    /// It sleeps with its pod, and another container of the pod is not idle yet.
+    PodBusy { container: String },
     /// Its checkpoint would not fit in the node's budget for checkpoint images.
     DiskBudget {
         needed_bytes: u64,
@@ -205,6 +210,8 @@ impl NotSleeping {
             NotSleeping::SleepFailed { .. } => "sleep_failed",
             NotSleeping::CannotDump { .. } => "cannot_dump",
             NotSleeping::DiskBudget { .. } => "disk_budget",
+            NotSleeping::PodSandbox => "pod_sandbox",
+            NotSleeping::PodBusy { .. } => "pod_busy",
         }
     }
 
@@ -288,6 +295,8 @@ impl NotSleeping {
             ),
             NotSleeping::CannotDump { .. } => "CRIU cannot dump".into(),
             NotSleeping::DiskBudget { .. } => "disk budget full".into(),
+            NotSleeping::PodSandbox => "pod sandbox".into(),
+            NotSleeping::PodBusy { container } => format!("pod busy ({container})"),
         }
     }
 }
@@ -311,6 +320,8 @@ impl std::fmt::Display for NotSleeping {
             NotSleeping::FillRunning => write!(f, "the pages of its last lazy wake are still being filled"),
             NotSleeping::SleepFailed { error, .. } => write!(f, "its last sleep failed: {error}"),
             NotSleeping::CannotDump { detail } => write!(f, "CRIU cannot dump it on this host: {detail}"),
+            NotSleeping::PodSandbox => write!(f, "it is its pod's sandbox (pause) container: it holds the pod's network namespace and stays awake"),
+            NotSleeping::PodBusy { container } => write!(f, "it sleeps with its pod, and {container} of the pod is not idle yet"),
             NotSleeping::DiskBudget { needed_bytes, used_bytes, budget_bytes } => write!(f, "its checkpoint (~{needed_bytes} bytes) would not fit in the node's image budget ({used_bytes} of {budget_bytes} bytes used)"),
         }
     }

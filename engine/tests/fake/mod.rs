@@ -253,6 +253,15 @@ pub async fn rig() -> Rig {
 /// As [`rig`], with a network namespace of its own or the host's, and `tweak` applied to
 /// its configuration.
 pub async fn rig_with(own_netns: bool, tweak: impl FnOnce(&mut SleepConfig)) -> Rig {
+    rig_full(own_netns, Default::default(), tweak).await
+}
+
+/// As [`rig_with`], in a pod (`pod`).
+pub async fn rig_full(
+    own_netns: bool,
+    pod: lightwhale_engine::container::PodRole,
+    tweak: impl FnOnce(&mut SleepConfig),
+) -> Rig {
     let dir = tempfile::tempdir().expect("tempdir");
     let bundle = dir.path().join("bundle");
     std::fs::create_dir_all(bundle.join("rootfs")).expect("bundle");
@@ -301,6 +310,7 @@ pub async fn rig_with(own_netns: bool, tweak: impl FnOnce(&mut SleepConfig)) -> 
         bundle_state: Default::default(),
         no_pivot: false,
         no_new_keyring: false,
+        pod,
     })
     .await
     .expect("create");
