@@ -134,6 +134,13 @@ pub struct Container {
     /// Its place in a pod: the sandbox (never sleeps), or a member that sleeps and wakes
     /// with the others.
     pub pod: PodRole,
+    /// Its network namespace, when it has one of its own (pinned by lightwhale, or given
+    /// by path: a pod's).
+    pub netns_path: Option<PathBuf>,
+    /// Its kubelet probes: requests seen, answers learned (pods only).
+    pub(crate) probes: crate::probes::Book,
+    /// The node's addresses as its pod sees them (the source of the kubelet's probes).
+    pub(crate) node_addrs: Mutex<Vec<std::net::Ipv4Addr>>,
     pub(crate) runtime: Arc<dyn OciRuntime>,
     pub(crate) sink: Arc<dyn EventSink>,
     pub(crate) dirs: Dirs,
@@ -185,6 +192,7 @@ pub(crate) struct Parts {
     pub config: SleepConfig,
     pub host_network: bool,
     pub pod: PodRole,
+    pub netns_path: Option<PathBuf>,
     pub runtime: Arc<dyn OciRuntime>,
     pub sink: Arc<dyn EventSink>,
     pub dirs: Dirs,
@@ -206,6 +214,9 @@ impl Container {
             config: p.config,
             host_network: p.host_network,
             pod: p.pod,
+            netns_path: p.netns_path,
+            probes: Default::default(),
+            node_addrs: Mutex::new(Vec::new()),
             runtime: p.runtime,
             sink: p.sink,
             dirs: p.dirs,
@@ -435,6 +446,28 @@ impl Container {
     /// Whether its monitor last found it idle long enough to sleep.
     pub fn is_idle_ready(&self) -> bool {
         self.idle_ready.load(Ordering::Relaxed)
+    }
+
+    /// Remembers a kubelet probe seen while awake (answered while asleep).
+    pub(crate) fn learn_probe(&self, p: crate::podnet::ProbeRequest) {
+        self.probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .learn(p);
+    }
+
+    /// Copies the count of probes answered while asleep into the status, when it moved.
+    pub(crate) fn note_probes_answered(&self) {
+        let n = self
+            .probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .answered;
+        let mut r = self.lock();
+        if r.status.probes_answered != n {
+            r.status.probes_answered = n;
+            self.persist(&r.status);
+        }
     }
 
     /// A name for messages: the recorded name, else the short id.

@@ -21,6 +21,8 @@ pub struct Held {
     /// killed) closes nothing: no RST reaches a client whose request was in flight.
     conns: Vec<OwnedFd>,
     watcher: Option<JoinHandle<()>>,
+    /// A sleeping pod's probe answerer (see `probes`).
+    responder: Option<crate::probes::Responder>,
 }
 
 impl Held {
@@ -29,6 +31,23 @@ impl Held {
             listeners,
             conns,
             watcher: None,
+            responder: None,
+        }
+    }
+
+    /// The held listeners, with their ports.
+    pub fn listeners(&self) -> Vec<(u16, &OwnedFd)> {
+        self.listeners.iter().map(|(p, fd)| (*p, fd)).collect()
+    }
+
+    pub fn set_responder(&mut self, r: crate::probes::Responder) {
+        self.responder = Some(r);
+    }
+
+    /// Stops answering probes (a wake begins); see `probes::Responder::stop`.
+    pub fn stop_responder(&mut self) {
+        if let Some(r) = self.responder.as_mut() {
+            r.stop();
         }
     }
 
@@ -83,6 +102,8 @@ impl Drop for Held {
         if let Some(w) = self.watcher.take() {
             w.abort();
         }
+        // The probe listeners go before the held ones: what is queued on them moves on.
+        drop(self.responder.take());
     }
 }
 

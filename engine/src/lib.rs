@@ -14,6 +14,7 @@
 //! restore), [`activity`], [`cgroup`], [`spec`], [`bundle`], [`hooks`], [`privilege`].
 
 pub mod activity;
+pub mod bpf;
 pub mod bundle;
 pub mod cgroup;
 pub mod config;
@@ -28,7 +29,9 @@ pub mod lazy;
 pub mod lifecycle;
 pub mod monitor;
 pub mod netns;
+pub mod podnet;
 pub mod privilege;
+pub mod probes;
 pub mod process;
 pub mod reaper;
 pub mod runc;

@@ -231,6 +231,7 @@ impl Container {
         let since = Instant::now();
         let setup = async {
             let mut spec = BundleSpec::load(&bundle).map_err(ContainerError::InvalidInput)?;
+            let mut netns_path = None;
             let host_network = match spec.network_ns() {
                 None => true,
                 Some(path) if path.is_empty() => {
@@ -242,6 +243,7 @@ impl Container {
                         let _ = netns::remove_pinned(&pin);
                         netns::create_pinned(&pin)?;
                         state.netns = Some(pin.clone());
+                        netns_path = Some(pin.clone());
                         spec.set_network_ns_path(&pin);
                     }
                     false
@@ -258,6 +260,7 @@ impl Container {
                                 warn!(%id, "{e}: connections queued during a sleep may be reset at wake");
                             }
                         }
+                        netns_path = Some(path);
                         false
                     }
                 }
@@ -276,7 +279,7 @@ impl Container {
                 path: bundle.clone(),
                 source,
             })?;
-            let host_and_name = (host_network, name);
+            let host_and_name = (host_network, name, netns_path);
             let pid_file = bundle.join("init.pid");
             with_stdio(&init, &dirs.state.join("console"), |io, console_socket| {
                 let copts = CreateOpts {
@@ -294,7 +297,7 @@ impl Container {
             .await?;
             Ok((read_pid(&pid_file)?, host_and_name))
         };
-        let (pid, (host_network, name)) = match setup.await {
+        let (pid, (host_network, name, netns_path)) = match setup.await {
             Ok(v) => v,
             Err(e) => {
                 warn!(%id, "create failed: {e}");
@@ -314,6 +317,7 @@ impl Container {
             config,
             host_network,
             pod,
+            netns_path,
             runtime,
             sink,
             dirs,

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::activity::{IdleTracker, Probe};
 use crate::container::{now_ms, Container};
+use crate::podnet::{self, PodTraffic};
 use crate::state::State;
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(5);
@@ -44,6 +45,11 @@ pub fn spawn(c: &Arc<Container>) {
         let mut not_before = Instant::now();
         // The reason the last failed or refused sleep gave, shown until the next try.
         let mut held_back: Option<NotSleeping> = None;
+        // A pod's traffic without the kubelet's probes (see `podnet`); opened once the
+        // pod's network is up, i.e. at the first look.
+        let mut traffic: Option<PodTraffic> = None;
+        let mut traffic_tried = false;
+        let mut pod_segments: u64 = 0;
         loop {
             tokio::time::sleep(tick).await;
             let Some(c) = weak.upgrade() else { return };
@@ -53,6 +59,10 @@ pub fn spawn(c: &Arc<Container>) {
             let now = Instant::now();
             if c.take_activity() {
                 tracker.touch(now);
+            }
+            if !traffic_tried {
+                traffic_tried = true;
+                traffic = pod_traffic(&c);
             }
             match c.state() {
                 State::Exited => return,
@@ -65,6 +75,7 @@ pub fn spawn(c: &Arc<Container>) {
                 _ => {
                     // Asleep, or a transition under way: nothing to decide.
                     tracker.touch(now);
+                    c.note_probes_answered();
                     continue;
                 }
             }
@@ -86,9 +97,20 @@ pub fn spawn(c: &Arc<Container>) {
                 probe = Some((pid, Probe::of_pid(pid)));
                 tracker.touch(now);
             }
-            let Some(sample) = probe.as_ref().and_then(|(_, p)| p.sample()) else {
+            let Some(mut sample) = probe.as_ref().and_then(|(_, p)| p.sample()) else {
                 continue;
             };
+            if let Some(t) = &traffic {
+                // A pod: its data segments but the probes' count, and the probes are
+                // remembered (to be answered while it sleeps).
+                let seen = t.take();
+                pod_segments += seen.active;
+                for p in seen.probes {
+                    c.learn_probe(p);
+                }
+                sample.in_segs = pod_segments;
+                sample.passive_opens = 0;
+            }
             let idle = tracker.observe(sample, now);
             c.set_idle_ready(idle);
             if !idle {
@@ -161,4 +183,25 @@ pub fn spawn(c: &Arc<Container>) {
         }
     });
     c.own_task(task);
+}
+
+/// The traffic counter of a pod member, and the node's addresses as its pod sees them;
+/// None for other containers (their namespace's counters hold only their own traffic and
+/// nobody probes them), or when it cannot be opened (then probes count as activity).
+fn pod_traffic(c: &Arc<Container>) -> Option<PodTraffic> {
+    c.pod.group()?;
+    let netns = c.netns_path.as_ref()?;
+    let node = podnet::node_addresses(netns, &[]);
+    if node.is_empty() {
+        warn!(id = %c.id, "no route to the node in the pod's namespace: probes count as activity");
+        return None;
+    }
+    *c.node_addrs.lock().unwrap_or_else(|p| p.into_inner()) = node.clone();
+    match PodTraffic::open(netns, &node) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            warn!(id = %c.id, "pod traffic: {e}; probes count as activity");
+            None
+        }
+    }
 }

@@ -81,13 +81,21 @@ fn enable_migrate_req_here() {
 /// the wake hands queued connections from the held listener to the restored one, and
 /// without this setting the kernel resets them instead.
 pub fn enable_migrate_req(path: &Path) -> Result<()> {
+    in_netns(path, enable_migrate_req_here)
+}
+
+/// Runs `f` in the network namespace at `path`, on a short-lived thread: setns changes
+/// only the calling thread, and sockets keep the namespace they were made in, so what `f`
+/// opens there can be used from anywhere afterwards.
+pub fn in_netns<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
     let ns = std::fs::File::open(path).map_err(|e| err(path, "open", e))?;
     let target = path.to_path_buf();
-    // setns(CLONE_NEWNET) changes only the calling thread: a short-lived one does it.
-    let joined = std::thread::spawn(move || -> Result<()> {
+    let joined = std::thread::spawn(move || -> Result<T> {
         nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| err(&target, "enter", e))?;
-        enable_migrate_req_here();
-        Ok(())
+        Ok(f())
     })
     .join();
     match joined {

@@ -171,6 +171,10 @@ impl Container {
         if !self.fill_finished(Duration::from_secs(30)).await {
             return Err(Refusal::FillRunning.into());
         }
+        // A pod's probes are answered while it sleeps with what the app answers now.
+        if let (Some(_), Some(netns)) = (self.pod.group(), &self.netns_path) {
+            crate::probes::refresh(&self.probes, netns).await;
+        }
         if let Some(cmd) = &self.config.pre_sleep_exec {
             // Run while the task is awake: a kill or an exec meanwhile is not held up.
             if let Err(e) = crate::hooks::run(self, "pre-sleep", cmd).await {
@@ -323,6 +327,41 @@ impl Container {
         })
     }
 
+    /// A sleeping pod's kubelet probes are answered by the shim (see `probes`).
+    fn answer_probes(self: &Arc<Self>, held: &mut Held) {
+        let (Some(_), Some(netns)) = (self.pod.group(), &self.netns_path) else {
+            return;
+        };
+        let node = self
+            .node_addrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if node.is_empty() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let wake: crate::probes::Waker = Arc::new(move || {
+            let weak = weak.clone();
+            Box::pin(async move {
+                match weak.upgrade() {
+                    Some(c) => c.wake(Trigger::Connection).await.is_ok(),
+                    None => false,
+                }
+            })
+        });
+        match crate::probes::Responder::start(
+            netns,
+            &held.listeners(),
+            &node,
+            self.probes.clone(),
+            wake,
+        ) {
+            Ok(r) => held.set_responder(r),
+            Err(e) => warn!(id = %self.id, "probes will wake it: {e}"),
+        }
+    }
+
     async fn thaw(&self, after: &str) {
         if let Err(e) = self.runtime.resume(&self.id).await {
             warn!(id = %self.id, "resume after {after}: {e}");
@@ -355,6 +394,7 @@ impl Container {
             took,
         } = dumped;
         let ports = held.ports();
+        self.answer_probes(&mut held);
         let weak = Arc::downgrade(self);
         held.watch(move |seen| {
             // A task of its own: the wake drops the held sockets, and with them this watch.

@@ -273,6 +273,7 @@ impl Container {
             }
         }
         if let Some(h) = self.lock().held.as_mut() {
+            h.stop_responder();
             h.release_conns();
         }
         let since = Instant::now();

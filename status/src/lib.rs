@@ -117,6 +117,8 @@ pub struct ContainerStatus {
     pub name: Option<String>,
     /// Where the CRIU logs of the container's last failure were kept after it was deleted.
     pub kept_logs: Option<PathBuf>,
+    /// Kubelet probes the shim answered while the pod slept (pods only).
+    pub probes_answered: u64,
     pub config: ConfigView,
 }
 
