@@ -34,12 +34,13 @@ deps:
 install: build
 	install -D -m 0755 $(OUT)/$(SHIM) $(DESTDIR)$(PREFIX)/bin/$(SHIM)
 	install -D -m 0755 $(OUT)/lightwhale $(DESTDIR)$(PREFIX)/bin/lightwhale
+	install -D -m 0755 $(OUT)/lightwhale-cri $(DESTDIR)$(PREFIX)/bin/lightwhale-cri
 	install -D -m 0755 $(CRIU_TAR) $(DESTDIR)$(PREFIX)/libexec/lightwhale/criu-helpers/tar
 	install -d -m 0755 $(DESTDIR)$(PREFIX)/share/lightwhale/criu-profiles
 	install -m 0644 criu-profiles/*.conf $(DESTDIR)$(PREFIX)/share/lightwhale/criu-profiles/
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/bin/$(SHIM) $(DESTDIR)$(PREFIX)/bin/lightwhale
+	rm -f $(DESTDIR)$(PREFIX)/bin/$(SHIM) $(DESTDIR)$(PREFIX)/bin/lightwhale $(DESTDIR)$(PREFIX)/bin/lightwhale-cri
 	rm -rf $(DESTDIR)$(PREFIX)/share/lightwhale $(DESTDIR)$(PREFIX)/libexec/lightwhale
 
 images:

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Builds the local test images (no registry is reachable): lightwhale-test/busybox, a
-# rootfs of Debian's busybox-static with its applets and a web root, imported into
-# Docker and into containerd's default namespace for ctr. Idempotent: rebuilt only when
-# busybox or this recipe changes.
+# rootfs of Debian's busybox-static with its applets and a web root; lightwhale-test/python;
+# lightwhale.local/pause, the pod sandbox image for CRI. Built in Docker, then imported into
+# containerd: busybox into the default namespace (ctr), all three into k8s.io (CRI), in
+# the host's containerd and in the containerd 2.x beside it (scripts/install-deps.sh).
+# Idempotent: rebuilt only when their sources or this recipe change, imported only when
+# missing there or rebuilt since.
 set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
 DOCKER=${DOCKER:-/usr/bin/docker}
 IMAGE=lightwhale-test/busybox:latest
 recipe=v2
@@ -61,14 +65,51 @@ if [ "$($DOCKER image inspect -f '{{.Comment}}' "$PY_IMAGE" 2>/dev/null || true)
   echo "[images] built $PY_IMAGE ($py_stamp)"
 fi
 
-# ctr sees containerd's "default" namespace; Docker keeps its images elsewhere.
-want_id=$($DOCKER image inspect -f '{{.Id}}' "$IMAGE")
-have_id=$(ctr -n default images ls -q 2>/dev/null | grep -qx "docker.io/$IMAGE" \
-  && ctr -n default images ls "name==docker.io/$IMAGE" 2>/dev/null | awk 'NR==2 {print $3}' || true)
-marker=/var/cache/lightwhale/ctr-image-id
-if [ -z "$have_id" ] || [ "$(cat "$marker" 2>/dev/null)" != "$want_id" ]; then
-  mkdir -p "$(dirname "$marker")"
-  $DOCKER save "$IMAGE" | ctr -n default images import - >/dev/null
-  echo "$want_id" > "$marker"
-  echo "[images] imported docker.io/$IMAGE into containerd (namespace default)"
+# lightwhale.local/pause: what holds a pod's namespaces (containerd's default sandbox
+# image, registry.k8s.io/pause, cannot be pulled here; install-deps.sh names this one in
+# containerd's CRI config). scripts/pause.c, linked statically: the image is that file alone.
+PAUSE_IMAGE=lightwhale.local/pause:3.9
+pause_stamp="pause.c $(sha256sum "$here/pause.c" | cut -c1-16) gcc $(gcc -dumpfullversion) recipe $recipe"
+if [ "$($DOCKER image inspect -f '{{.Comment}}' "$PAUSE_IMAGE" 2>/dev/null || true)" != "$pause_stamp" ]; then
+  pause_root=$(mktemp -d)
+  gcc -static -O2 -s -Wall -Wextra -o "$pause_root/pause" "$here/pause.c"
+  tar -C "$pause_root" --numeric-owner -cf - pause \
+    | $DOCKER import -m "$pause_stamp" --change 'CMD ["/pause"]' - "$PAUSE_IMAGE" >/dev/null
+  rm -rf "$pause_root"
+  echo "[images] built $PAUSE_IMAGE ($pause_stamp)"
+fi
+
+# containerd keeps its images apart from Docker's: import them (docker save | ctr import)
+# where they are missing or were rebuilt since (a marker keeps the Docker image id imported).
+MARKERS=/var/cache/lightwhale/ctr-images
+mkdir -p "$MARKERS"
+rm -f /var/cache/lightwhale/ctr-image-id # the single marker of an earlier recipe
+import_image() { # instance namespace image ctr-command...
+  local instance=$1 ns=$2 image=$3 ref want marker
+  shift 3
+  # containerd's name for it: docker.io/ unless the first part names a registry.
+  case ${image%%/*} in *.*|*:*|localhost) ref=$image ;; *) ref=docker.io/$image ;; esac
+  want=$($DOCKER image inspect -f '{{.Id}}' "$image")
+  marker="$MARKERS/$instance-$ns-$(printf '%s' "$ref" | tr '/:' '__')"
+  if ! "$@" -n "$ns" images ls -q 2>/dev/null | grep -qxF "$ref" \
+    || [ "$(cat "$marker" 2>/dev/null)" != "$want" ]; then
+    $DOCKER save "$image" | "$@" -n "$ns" images import - >/dev/null
+    echo "$want" > "$marker"
+    echo "[images] imported $ref into $instance (namespace $ns)"
+  fi
+}
+
+# ctr sees containerd's "default" namespace; CRI (Kubernetes) uses "k8s.io".
+import_image containerd default "$IMAGE" ctr
+for image in "$IMAGE" "$PY_IMAGE" "$PAUSE_IMAGE"; do
+  import_image containerd k8s.io "$image" ctr
+done
+C2_CTR=/opt/lightwhale/containerd2/usr/bin/ctr
+C2_SOCK=/run/lightwhale-containerd2/containerd.sock
+if [ -x "$C2_CTR" ] && "$C2_CTR" --address "$C2_SOCK" version >/dev/null 2>&1; then
+  for image in "$IMAGE" "$PY_IMAGE" "$PAUSE_IMAGE"; do
+    import_image containerd2 k8s.io "$image" "$C2_CTR" --address "$C2_SOCK"
+  done
+else
+  echo "[images] note: no containerd 2.x at $C2_SOCK (scripts/install-deps.sh starts it): not imported there"
 fi

@@ -355,3 +355,7 @@ pub fn sleep_now(id: &str) {
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// Pods and containers through containerd's CRI plugin (`lightwhale-cri`), on containerd
+/// 1.7 and 2.x: `shim/tests/cri.rs`.
+pub mod cri;
