@@ -558,6 +558,7 @@ impl Container {
             |r| only_from.is_none_or(|s| s == r.status.state),
             |r| {
                 r.status.held_ports.clear();
+                r.status.not_sleeping = None;
                 (r.held.take(), r.dumping.take())
             },
         );

@@ -51,9 +51,15 @@ impl Shim for LightwhaleShim {
     type T = Service;
 
     async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
-        // The shim spawns runc and adopts container processes: one reaper for all.
-        if let Err(e) = reaper::install() {
-            warn!("cannot install the child reaper: {e}");
+        // The serving shim spawns runc and adopts container processes, and `delete` runs
+        // runc: one reaper for all. Not for `start`: there the crate spawns the serving
+        // shim and then writes its /proc/<pid>/oom_score_adj; a second container of a pod
+        // finds the pod's shim serving already and its would-be server exits at once, and
+        // a reaper would take it before that write (start fails: "write oom score").
+        if args.action != "start" {
+            if let Err(e) = reaper::install() {
+                warn!("cannot install the child reaper: {e}");
+            }
         }
         if let Some(m) = lightwhale_engine::privilege::describe_missing() {
             warn!("running without {m}: containers may fail to start, and sleep will fail");
