@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::cri::{eventually, http_get, try_http_get, Cri, HANDLER};
-use common::{lw_status, processes_of, sleep_now, wait_state};
+use common::{counter_script, lw_status, processes_of, sleep_now, wait_state, PY_IMAGE};
 use serde_json::json;
 
 /// Each scenario, once per containerd.
@@ -41,6 +41,10 @@ on_both!(
     pod_sleeps_and_wakes_on_its_own_address,
     bad_pod_annotation_fails_runp,
     bad_container_annotation_fails_by_start,
+    probes_neither_keep_a_pod_awake_nor_wake_it,
+    a_two_container_pod_sleeps_and_wakes_as_one,
+    pod_annotations_apply_and_a_container_overrides_them,
+    a_container_removed_while_asleep_frees_its_port,
 );
 
 const SERVE: Duration = Duration::from_secs(20);
@@ -251,4 +255,314 @@ fn bad_container_annotation_fails_by_start(cri: &Cri) {
         "{}: the pod no longer serves after a bad container",
         cri.label
     );
+}
+
+/// A python container running examples/counter.py on `port` (the counter's state is what
+/// a wake must keep).
+fn counter(port: u16) -> serde_json::Value {
+    json!({
+        "image": {"image": format!("docker.io/{PY_IMAGE}")},
+        "command": ["python3", "-c", counter_script()],
+        "envs": [{"key": "PORT", "value": port.to_string()}, {"key": "MEMORY_MIB", "value": "0"}],
+    })
+}
+
+/// One request from the node (this host) to the pod: (status code, body) or None.
+fn request(ip: std::net::IpAddr, port: u16, path: &str, agent: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect_timeout(&(ip, port).into(), Duration::from_secs(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nUser-Agent: {agent}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((
+        code,
+        text.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
+    ))
+}
+
+fn count(ip: std::net::IpAddr, port: u16) -> u64 {
+    request(ip, port, "/", "curl/8.0")
+        .and_then(|(code, body)| (code == 200).then(|| body.trim().parse().ok()).flatten())
+        .unwrap_or_else(|| panic!("a count from {ip}:{port}"))
+}
+
+/// Plays the kubelet: an HTTP probe (its User-Agent) and a TCP probe, from the node, every
+/// `period`, until stopped; counts failures.
+struct Kubelet {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Kubelet {
+    fn start(ip: std::net::IpAddr, port: u16, period: Duration) -> Kubelet {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (failed, sent) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let thread = {
+            let (stop, failed, sent) = (stop.clone(), failed.clone(), sent.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    sent.fetch_add(2, Ordering::Relaxed);
+                    match request(ip, port, "/digest", "kube-probe/1.30") {
+                        Some((200, _)) => {}
+                        other => {
+                            eprintln!("HTTP probe failed: {other:?}");
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    if std::net::TcpStream::connect_timeout(
+                        &(ip, port).into(),
+                        Duration::from_secs(5),
+                    )
+                    .is_err()
+                    {
+                        eprintln!("TCP probe failed");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(period);
+                }
+            })
+        };
+        Kubelet {
+            stop,
+            failed,
+            sent,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops probing; (failed, sent).
+    fn stop(&mut self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        (
+            self.failed.load(Ordering::Relaxed),
+            self.sent.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The kubelet's probes, every second: an idle pod still falls asleep on time, and for
+/// the next 60 s every probe is answered while it sleeps, without a wake; then one real
+/// request (from the node's own address, as NodePort traffic arrives) wakes it, with its
+/// state kept.
+fn probes_neither_keep_a_pod_awake_nor_wake_it(cri: &Cri) {
+    cri.require();
+    let config = cri.pod_config("cri-probes", &[("lightwhale.io/idle-timeout", "3s")]);
+    let pod = match cri.runp(config) {
+        Ok(pod) => pod,
+        Err(failed) => panic!("{}: runp failed: {:?}", cri.label, failed.out),
+    };
+    let ip = pod.ip();
+    let id = pod
+        .create("web", counter(8080))
+        .unwrap_or_else(|out| panic!("{}: create failed: {out:?}", cri.label));
+    cri.ok(&["start", &id]);
+    assert!(
+        eventually(Duration::from_secs(30), || request(
+            ip, 8080, "/digest", "test"
+        )
+        .is_some()),
+        "{}: the counter did not come up",
+        cri.label
+    );
+    assert_eq!(count(ip, 8080), 1);
+    let mut kubelet = Kubelet::start(ip, 8080, Duration::from_secs(1));
+    let s = wait_state("k8s.io", &id, "asleep", Duration::from_secs(40));
+    assert!(
+        processes_of(&id).is_empty(),
+        "asleep: its cgroup holds no process"
+    );
+    let wakes = s["wakes"].as_u64().unwrap_or(0);
+    std::thread::sleep(Duration::from_secs(60));
+    let (failed, sent) = kubelet.stop();
+    let s = lw_status("k8s.io", &id);
+    assert_eq!(s["state"], "asleep", "{}: a probe woke it: {s}", cri.label);
+    assert_eq!(s["wakes"].as_u64().unwrap_or(0), wakes, "{s}");
+    assert_eq!(failed, 0, "{}: {failed} of {sent} probes failed", cri.label);
+    assert!(
+        eventually(Duration::from_secs(5), || lw_status("k8s.io", &id)
+            ["probes_answered"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 100),
+        "answered by the shim: {}",
+        lw_status("k8s.io", &id)
+    );
+    let c = pod.container(&id);
+    assert_eq!(c["status"]["state"], "CONTAINER_RUNNING", "{c}");
+    // A real client from the node's address wakes it; the count went on where it was.
+    assert_eq!(count(ip, 8080), 2, "{}: state kept", cri.label);
+    let s = wait_state("k8s.io", &id, "awake", Duration::from_secs(10));
+    assert_eq!(s["wakes"].as_u64().unwrap_or(0), wakes + 1, "{s}");
+}
+
+/// A service and a sidecar that calls it only when asked: while the service is busy the
+/// idle sidecar does not sleep alone (pod_busy); once both are idle both sleep; a request
+/// to the sidecar's port wakes the pod whole, and both kept their state.
+fn a_two_container_pod_sleeps_and_wakes_as_one(cri: &Cri) {
+    cri.require();
+    let config = cri.pod_config("cri-unit", &[("lightwhale.io/idle-timeout", "2s")]);
+    let pod = match cri.runp(config) {
+        Ok(pod) => pod,
+        Err(failed) => panic!("{}: runp failed: {:?}", cri.label, failed.out),
+    };
+    let ip = pod.ip();
+    let service = pod
+        .create("service", counter(8080))
+        .unwrap_or_else(|out| panic!("{}: create failed: {out:?}", cri.label));
+    cri.ok(&["start", &service]);
+    let sidecar_code = "import http.server, urllib.request\n\
+n = 0\n\
+class H(http.server.BaseHTTPRequestHandler):\n    def do_GET(self):\n        global n\n        n += 1\n        got = urllib.request.urlopen('http://127.0.0.1:8080/', timeout=30).read().decode().strip()\n        body = f'sidecar {n} service {got}\\n'.encode()\n        self.send_response(200)\n        self.send_header('Content-Length', str(len(body)))\n        self.end_headers()\n        self.wfile.write(body)\n    def log_message(self, *a):\n        pass\n\
+http.server.HTTPServer(('', 8081), H).serve_forever()\n";
+    let sidecar = pod
+        .create(
+            "sidecar",
+            json!({
+                "image": {"image": format!("docker.io/{PY_IMAGE}")},
+                "command": ["python3", "-c", sidecar_code],
+            }),
+        )
+        .unwrap_or_else(|out| panic!("{}: create failed: {out:?}", cri.label));
+    cri.ok(&["start", &sidecar]);
+    assert!(
+        eventually(Duration::from_secs(30), || request(
+            ip, 8081, "/", "curl/8.0"
+        )
+        .is_some()),
+        "the sidecar did not come up"
+    );
+    // Where the sidecar's own count is now.
+    let (_, body) = request(ip, 8081, "/", "curl/8.0").expect("the sidecar answers");
+    let sidecar_count: u64 = body
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{body:?}"));
+    // Keep the service busy for three idle timeouts: the sidecar, idle itself, must not
+    // sleep alone (its pod's traffic is its own: `active`, or `pod_busy`).
+    let busy_until = std::time::Instant::now() + Duration::from_secs(6);
+    while std::time::Instant::now() < busy_until {
+        let _ = count(ip, 8080);
+        let s = lw_status("k8s.io", &sidecar);
+        assert_eq!(
+            s["state"], "awake",
+            "{}: slept without its pod: {s}",
+            cri.label
+        );
+        let why = s["not_sleeping"]["kind"].as_str().unwrap_or("none");
+        assert!(
+            why == "active" || why == "pod_busy" || why == "none",
+            "{}: {s}",
+            cri.label
+        );
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let before = count(ip, 8080);
+    wait_state("k8s.io", &service, "asleep", Duration::from_secs(30));
+    wait_state("k8s.io", &sidecar, "asleep", Duration::from_secs(30));
+    assert!(processes_of(&service).is_empty() && processes_of(&sidecar).is_empty());
+    // A request to the sidecar's port wakes the pod: both answer, both kept their state.
+    let (code, body) = request(ip, 8081, "/", "curl/8.0").expect("the sidecar answers");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.trim() == format!("sidecar {} service {}", sidecar_count + 1, before + 1),
+        "{}: {body:?} (service was at {before})",
+        cri.label
+    );
+    let s = wait_state("k8s.io", &service, "awake", Duration::from_secs(10));
+    assert!(s["wakes"].as_u64().unwrap_or(0) >= 1, "{s}");
+}
+
+/// Pod annotations reach every container; a container's own overrides the pod's.
+fn pod_annotations_apply_and_a_container_overrides_them(cri: &Cri) {
+    cri.require();
+    let config = cri.pod_config(
+        "cri-ann",
+        &[
+            ("lightwhale.io/idle-timeout", "42s"),
+            ("lightwhale.io/lazy-pages", "off"),
+        ],
+    );
+    let pod = match cri.runp(config) {
+        Ok(pod) => pod,
+        Err(failed) => panic!("{}: runp failed: {:?}", cri.label, failed.out),
+    };
+    let plain = pod
+        .create("plain", json!({}))
+        .unwrap_or_else(|out| panic!("{}: create failed: {out:?}", cri.label));
+    cri.ok(&["start", &plain]);
+    let own = pod
+        .create(
+            "own",
+            json!({"command": ["httpd", "-f", "-p", "8081", "-h", "/www"],
+                   "annotations": {"lightwhale.io/idle-timeout": "7s"}}),
+        )
+        .unwrap_or_else(|out| panic!("{}: create failed: {out:?}", cri.label));
+    cri.ok(&["start", &own]);
+    let p = lw_status("k8s.io", &plain);
+    assert_eq!(p["config"]["idle_timeout_ms"], 42_000, "{}: {p}", cri.label);
+    assert_eq!(p["config"]["lazy_pages"], "off", "{p}");
+    let o = lw_status("k8s.io", &own);
+    assert_eq!(
+        o["config"]["idle_timeout_ms"], 7_000,
+        "the container's own wins: {o}"
+    );
+    assert_eq!(
+        o["config"]["lazy_pages"], "off",
+        "the pod's still applies: {o}"
+    );
+    let sandbox = lw_status("k8s.io", &pod.id);
+    assert_eq!(sandbox["not_sleeping"]["kind"], "pod_sandbox", "{sandbox}");
+}
+
+/// A container of a running pod removed while asleep lets go of its listening socket: its
+/// replacement in the same pod (what the kubelet does after a crash) binds the same port.
+fn a_container_removed_while_asleep_frees_its_port(cri: &Cri) {
+    cri.require();
+    let config = cri.pod_config("cri-free", &[("lightwhale.io/idle-timeout", "1h")]);
+    let pod = match cri.runp(config) {
+        Ok(pod) => pod,
+        Err(failed) => panic!("{}: runp failed: {:?}", cri.label, failed.out),
+    };
+    let ip = pod.ip();
+    let first = pod
+        .create("web", json!({}))
+        .unwrap_or_else(|out| panic!("{}: create failed: {out:?}", cri.label));
+    cri.ok(&["start", &first]);
+    assert!(http_get(ip, 8080, SERVE).is_some());
+    sleep_now(&first);
+    cri.ok(&["stop", "-t", "5", &first]);
+    cri.ok(&["rm", &first]);
+    let again = pod
+        .create("web-again", json!({}))
+        .unwrap_or_else(|out| panic!("{}: create failed: {out:?}", cri.label));
+    cri.ok(&["start", &again]);
+    assert_eq!(
+        http_get(ip, 8080, SERVE).as_deref().map(str::trim),
+        Some("hello from lightwhale"),
+        "{}: the new container serves on the freed port",
+        cri.label
+    );
+    let c = pod.container(&again);
+    assert_eq!(c["status"]["state"], "CONTAINER_RUNNING", "{c}");
 }

@@ -27,7 +27,7 @@ fn restart_daemon(name: &str, unit: &str, args: &[&str], log: &str, ready: &[&st
     if systemd() {
         run("systemctl", &["restart", unit]).ok();
     } else {
-        let pid = run("pgrep", &["-x", name]).ok().trimmed().to_string();
+        let pid = host_daemon(name).unwrap_or_else(|| panic!("no {name} running"));
         run("kill", &[&pid]).ok();
         wait_until(&format!("{name} to stop"), Duration::from_secs(60), || {
             run("kill", &["-0", &pid]).code != 0
@@ -56,6 +56,21 @@ fn restart_daemon(name: &str, unit: &str, args: &[&str], log: &str, ready: &[&st
         Duration::from_secs(60),
         || run(ready[0], &ready[1..]).code == 0,
     );
+}
+
+/// The pid of the host's daemon called `name`: not the containerd 2.x that runs beside
+/// it for the CRI tests (under /opt/lightwhale).
+fn host_daemon(name: &str) -> Option<String> {
+    let out = run("pgrep", &["-x", name]);
+    out.stdout
+        .lines()
+        .map(str::trim)
+        .find(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe"))
+                .map(|exe| !exe.starts_with("/opt/lightwhale"))
+                .unwrap_or(false)
+        })
+        .map(str::to_string)
 }
 
 fn restart_containerd() {
