@@ -470,6 +470,53 @@ def herd(n, mib=16):
 
 
 # --- plot ----------------------------------------------------------------------------
+CRI_ENDPOINTS = (
+    ("containerd 1.7", "unix:///run/containerd/containerd.sock"),
+    ("containerd 2.x", "unix:///run/lightwhale-containerd2/containerd.sock"),
+)
+
+
+def cri_wake(n):
+    """A pod under the `lightwhale` handler, through containerd's CRI (lightwhale-cri, crictl's
+    commands and files), busybox httpd: n sleeps (`lightwhale sleep`), each woken by a GET to the
+    pod's IP from the node; connect to first byte, ms. Once per containerd."""
+    import tempfile
+    out = {}
+    for label, endpoint in CRI_ENDPOINTS:
+        cri = ["lightwhale-cri", "-r", endpoint]
+        with tempfile.TemporaryDirectory() as d:
+            uid = f"{PREFIX}cri-{os.getpid()}-{len(out)}"
+            pod_cfg = os.path.join(d, "pod.json")
+            with open(pod_cfg, "w") as f:
+                json.dump({"metadata": {"name": uid, "namespace": "default", "uid": uid, "attempt": 0},
+                           "log_directory": d, "linux": {},
+                           "annotations": {"lightwhale.io/idle-timeout": "1h"}}, f)
+            ctr_cfg = os.path.join(d, "web.json")
+            with open(ctr_cfg, "w") as f:
+                json.dump({"metadata": {"name": "web"},
+                           "image": {"image": "docker.io/lightwhale-test/busybox:latest"},
+                           "command": ["httpd", "-f", "-p", "8080", "-h", "/www"],
+                           "log_path": "web.log", "linux": {}}, f)
+            pod = sh(*cri, "runp", "--runtime", "lightwhale", pod_cfg)
+            try:
+                cid = sh(*cri, "create", pod, ctr_cfg, pod_cfg)
+                sh(*cri, "start", cid)
+                ip = json.loads(sh(*cri, "inspectp", pod))["status"]["network"]["ip"]
+                wait_serving(ip, 8080)
+                wakes = []
+                for _ in range(n):
+                    subprocess.run(["lightwhale", "sleep", cid], capture_output=True, timeout=120, check=True)
+                    time.sleep(0.2)
+                    wakes.append(checked(f"{label} pod wake", ip, 8080))
+                    time.sleep(0.05)
+                shim = [json.load(open(f"/run/lightwhale/containers/k8s.io/{cid}.json"))["last_wake_ms"]]
+                out[label] = {"wake_ms": wakes, "shim_last_wake_ms": shim[0]}
+            finally:
+                sh(*cri, "stopp", pod, check=False)
+                sh(*cri, "rmp", "-f", pod, check=False)
+    return out
+
+
 def plot(sweep, path):
     try:
         import matplotlib
@@ -522,7 +569,7 @@ def versions():
     }
 
 
-SECTIONS = ("latency", "memory", "shim", "density", "throughput", "herd")
+SECTIONS = ("latency", "memory", "shim", "density", "throughput", "herd", "cri")
 
 
 def main():
@@ -556,7 +603,7 @@ def main():
 
     # 1. latency, small service
     if "latency" in only:
-        log("1/6 latency: cold start, docker start, wake eager/lazy, awake (busybox httpd)")
+        log("1/7 latency: cold start, docker start, wake eager/lazy, awake (busybox httpd)")
         lat = {
             "cold_docker_run_runc_ms": cold_docker_run("runc", BUSYBOX, n_cold),
             "cold_docker_run_lightwhale_ms": cold_docker_run("lightwhale", BUSYBOX, n_cold),
@@ -577,7 +624,7 @@ def main():
     if "memory" in only:
         sweep = {}
         for mib, n in sizes.items():
-            log(f"2/6 memory: {mib} MiB, {n} cycles eager and lazy, cold start")
+            log(f"2/7 memory: {mib} MiB, {n} cycles eager and lazy, cold start")
             env = [f"MEMORY_MIB={mib}"]
             cold = cold_docker_run("runc", PYTHON, max(2, n_cold // 2), env=env)
             eager = sleep_wake_cycles(f"{PREFIX}mem{mib}-eager", PYTHON, n, "off", env=env, counter=True, awake_n=5)
@@ -597,17 +644,22 @@ def main():
         res["memory"] = sweep
 
     if "shim" in only:
-        log("3/6 shim memory: lightwhale vs runc shim")
+        log("3/7 shim memory: lightwhale vs runc shim")
         res["shim"] = shim_memory()
     if "density" in only:
-        log(f"4/6 density: {n_dense} containers of 100 MiB")
+        log(f"4/7 density: {n_dense} containers of 100 MiB")
         res["density"] = density(n_dense)
     if "throughput" in only:
-        log("5/6 throughput: wrk against busybox httpd, runc vs lightwhale")
+        log("5/7 throughput: wrk against busybox httpd, runc vs lightwhale")
         res["throughput_rps"] = throughput(5 if quick else 10, 2 if quick else 3)
     if "herd" in only:
-        log(f"6/6 herd: {n_herd} sleeping containers (16 MiB) woken at once")
+        log(f"6/7 herd: {n_herd} sleeping containers (16 MiB) woken at once")
         res["herd"] = herd(n_herd)
+
+    # 7. Kubernetes: a pod's wake through the CRI, containerd 1.7 and 2.x
+    if "cri" in only:
+        log("7/7 cri: a pod's wake through containerd's CRI (1.7 and 2.x)")
+        res["cri"] = cri_wake(10 if quick else 25)
 
     if "latency" in res:
         lat = res["latency"]
@@ -644,6 +696,10 @@ def main():
             "throughput_lightwhale_rps": med(res["throughput_rps"]["lightwhale"]),
             "throughput_runc_rps": med(res["throughput_rps"]["runc"]),
         })
+    if "cri" in res:
+        for label, c in res["cri"].items():
+            key = "cri_1_7" if "1.7" in label else "cri_2"
+            res[f"{key}_wake_p50_ms"] = med(c["wake_ms"])
     if "herd" in res:
         h = res["herd"]
         res.update({
@@ -668,7 +724,8 @@ def print_tables(r):
           f"CRIU {r['criu']}, runc {r['runc']}, containerd {r['containerd']}, docker {r['docker']}; "
           f"{r['duration_s']} s")
     for key, section in (("latency", print_latency), ("memory", print_memory), ("shim", print_shim),
-                         ("density", print_density), ("throughput_rps", print_throughput), ("herd", print_herd)):
+                         ("density", print_density), ("throughput_rps", print_throughput), ("herd", print_herd),
+                         ("cri", print_cri)):
         if key in r:
             print()
             section(r[key])
@@ -753,6 +810,17 @@ def print_herd(h):
     print(f"| {h['n']} | {fmt(h['first_byte_p50_ms'])} | {fmt(h['first_byte_p99_ms'])} | "
           f"{fmt(h['first_byte_max_ms'])} | {fmt(h['all_answered_ms'])} | {h['woke_with_state']}/{h['n']} | "
           f"{fmt(med(h['shim_wake_ms']))} / {fmt(pct(h['shim_wake_ms'], 100))} |")
+
+
+def print_cri(c):
+    print("### 7. Kubernetes: a pod's wake through containerd's CRI, busybox httpd, ms\n")
+    print("GET from the node to the pod's IP, connect to first byte, after `lightwhale sleep` "
+          "(Docker's row 1 above is the same service through a published port):\n")
+    print("| containerd | p50 | p99 | samples |")
+    print("|---|---|---|---|")
+    for label, r in c.items():
+        w = r["wake_ms"]
+        print(f"| {label} | {fmt(med(w))} | {fmt(pct(w, 99))} | {len(w)} |")
 
 
 if __name__ == "__main__":
