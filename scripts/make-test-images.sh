@@ -107,6 +107,7 @@ done
 C2_CTR=/opt/lightwhale/containerd2/usr/bin/ctr
 C2_SOCK=/run/lightwhale-containerd2/containerd.sock
 if [ -x "$C2_CTR" ] && "$C2_CTR" --address "$C2_SOCK" version >/dev/null 2>&1; then
+  import_image containerd2 default "$IMAGE" "$C2_CTR" --address "$C2_SOCK"
   for image in "$IMAGE" "$PY_IMAGE" "$PAUSE_IMAGE"; do
     import_image containerd2 k8s.io "$image" "$C2_CTR" --address "$C2_SOCK"
   done

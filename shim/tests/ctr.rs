@@ -1,4 +1,5 @@
-//! containerd's own client: `ctr run --runtime io.containerd.lightwhale.v2`.
+//! containerd's own client: `ctr run --runtime io.containerd.lightwhale.v2`, on the host's
+//! containerd 1.7 and on the 2.x beside it: the same shim, unchanged, for both.
 
 mod common;
 
@@ -8,12 +9,42 @@ use common::*;
 
 const RUNTIME: &str = "io.containerd.lightwhale.v2";
 
-#[test]
-#[ignore = "needs the real stack (root, runc, CRIU, containerd, dockerd): make test runs it"]
-fn ctr_run_output_and_exit_code() {
+/// Each scenario, once per containerd.
+macro_rules! on_both {
+    ($($scenario:ident),* $(,)?) => {
+        mod containerd_1_7 {
+            $(
+                #[test]
+                #[ignore = "needs the real stack (root, runc, CRIU, containerd, dockerd): make test runs it"]
+                fn $scenario() {
+                    super::$scenario(super::Ctrd::ONE_SEVEN);
+                }
+            )*
+        }
+        mod containerd_2 {
+            $(
+                #[test]
+                #[ignore = "needs the real stack (containerd 2.x beside 1.7): make test runs it"]
+                fn $scenario() {
+                    super::$scenario(super::Ctrd::TWO);
+                }
+            )*
+        }
+    };
+}
+
+on_both!(
+    ctr_run_output_and_exit_code,
+    ctr_detached_task_exec_kill,
+    binary_log_uri_feeds_a_logging_binary,
+    containers_of_one_pod_share_one_shim,
+    a_sleeping_task_wakes_on_a_connection_from_its_namespace,
+);
+
+fn ctr_run_output_and_exit_code(c: Ctrd) {
     require_stack("ctr run");
     let id = unique("ctr");
-    let out = ctr(&[
+    let out = c.ctr(&[
         "run",
         "--rm",
         "--runtime",
@@ -27,7 +58,7 @@ fn ctr_run_output_and_exit_code() {
     assert_eq!(out.code, 3, "{out:?}");
     assert_eq!(out.stdout.trim(), "hi from ctr", "{out:?}");
     assert_eq!(
-        ctr(&["task", "ls", "-q"])
+        c.ctr(&["task", "ls", "-q"])
             .stdout
             .lines()
             .filter(|l| *l == id)
@@ -36,13 +67,11 @@ fn ctr_run_output_and_exit_code() {
     );
 }
 
-#[test]
-#[ignore = "needs the real stack (root, runc, CRIU, containerd, dockerd): make test runs it"]
-fn ctr_detached_task_exec_kill() {
+fn ctr_detached_task_exec_kill(c: Ctrd) {
     require_stack("ctr task");
     let id = unique("ctrd");
-    let _g = CtrTask(id.clone());
-    ctr(&[
+    let _g = c.task(&id);
+    c.ctr(&[
         "run",
         "-d",
         "--runtime",
@@ -60,7 +89,7 @@ fn ctr_detached_task_exec_kill() {
     // lo must be up in the namespace the shim made, as runc would have it.
     let mut body = String::new();
     for attempt in 0..50 {
-        let out = ctr(&[
+        let out = c.ctr(&[
             "task",
             "exec",
             "--exec-id",
@@ -80,27 +109,25 @@ fn ctr_detached_task_exec_kill() {
         body.contains("hello from lightwhale"),
         "served inside its namespace: {body:?}"
     );
-    let ps = ctr(&["task", "ps", &id]).ok();
+    let ps = c.ctr(&["task", "ps", &id]).ok();
     assert!(ps.stdout.lines().count() >= 2, "{ps:?}");
     // httpd is PID 1 without a TERM handler, so only SIGKILL ends it (as under runc).
-    ctr(&["task", "kill", "-s", "SIGKILL", &id]).ok();
+    c.ctr(&["task", "kill", "-s", "SIGKILL", &id]).ok();
     wait_until("task stopped", Duration::from_secs(15), || {
-        ctr(&["task", "ls"])
+        c.ctr(&["task", "ls"])
             .stdout
             .lines()
             .any(|l| l.starts_with(&id) && l.contains("STOPPED"))
     });
-    ctr(&["task", "rm", &id]).ok();
-    ctr(&["container", "rm", &id]).ok();
+    c.ctr(&["task", "rm", &id]).ok();
+    c.ctr(&["container", "rm", &id]).ok();
     assert!(
         !std::path::Path::new(&format!("/run/lightwhale/netns/default-{id}")).exists(),
         "the pinned namespace goes with the task"
     );
 }
 
-#[test]
-#[ignore = "needs the real stack (root, runc, CRIU, containerd, dockerd): make test runs it"]
-fn binary_log_uri_feeds_a_logging_binary() {
+fn binary_log_uri_feeds_a_logging_binary(c: Ctrd) {
     require_stack("ctr --log-uri binary://");
     // What nerdctl does for detached containers: a logging binary reading fd 3 and 4.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -115,8 +142,8 @@ fn binary_log_uri_feeds_a_logging_binary() {
     let base = dir.path().join("log");
     let uri = format!("binary://{}?{}", logger.display(), base.display());
     let id = unique("ctrlog");
-    let _g = CtrTask(id.clone());
-    ctr(&[
+    let _g = c.task(&id);
+    c.ctr(&[
         "run",
         "-d",
         "--log-uri",
@@ -146,17 +173,15 @@ fn binary_log_uri_feeds_a_logging_binary() {
     );
 }
 
-#[test]
-#[ignore = "needs the real stack (root, runc, CRIU, containerd, dockerd): make test runs it"]
-fn containers_of_one_pod_share_one_shim() {
+fn containers_of_one_pod_share_one_shim(c: Ctrd) {
     require_stack("pod grouping");
     // containerd's CRI groups a pod's containers by this annotation; so does the shim.
     let sandbox = unique("pod");
     let group = format!("io.kubernetes.cri.sandbox-id={sandbox}");
     let ids = [unique("podc"), unique("podc")];
-    let _g: Vec<CtrTask> = ids.iter().map(|id| CtrTask(id.clone())).collect();
+    let _g: Vec<CtrdTask> = ids.iter().map(|id| c.task(id)).collect();
     for id in &ids {
-        ctr(&[
+        c.ctr(&[
             "run",
             "-d",
             "--annotation",
@@ -171,10 +196,7 @@ fn containers_of_one_pod_share_one_shim() {
         .ok();
     }
     let address = |id: &str| {
-        std::fs::read_to_string(format!(
-            "/run/containerd/io.containerd.runtime.v2.task/default/{id}/address"
-        ))
-        .unwrap_or_default()
+        std::fs::read_to_string(format!("{}/default/{id}/address", c.tasks)).unwrap_or_default()
     };
     let first = address(&ids[0]);
     assert!(!first.is_empty(), "containerd recorded the shim's address");
@@ -183,7 +205,7 @@ fn containers_of_one_pod_share_one_shim() {
         address(&ids[1]),
         "both containers are served by one shim"
     );
-    let tasks = ctr(&["task", "ls"]).ok();
+    let tasks = c.ctr(&["task", "ls"]).ok();
     for id in &ids {
         assert!(
             tasks
@@ -194,20 +216,73 @@ fn containers_of_one_pod_share_one_shim() {
         );
     }
     // Stopping one leaves the other, in the same shim, running.
-    ctr(&["task", "kill", "-s", "SIGKILL", &ids[0]]).ok();
+    c.ctr(&["task", "kill", "-s", "SIGKILL", &ids[0]]).ok();
     wait_until("first task stopped", Duration::from_secs(15), || {
-        ctr(&["task", "ls"])
+        c.ctr(&["task", "ls"])
             .stdout
             .lines()
             .any(|l| l.starts_with(ids[0].as_str()) && l.contains("STOPPED"))
     });
-    ctr(&["task", "rm", &ids[0]]).ok();
-    let tasks = ctr(&["task", "ls"]).ok();
+    c.ctr(&["task", "rm", &ids[0]]).ok();
+    let tasks = c.ctr(&["task", "ls"]).ok();
     assert!(
         tasks
             .stdout
             .lines()
             .any(|l| l.starts_with(ids[1].as_str()) && l.contains("RUNNING")),
         "{tasks:?}"
+    );
+}
+
+/// A task run by ctr sleeps, and a connection from inside its network namespace (the one
+/// the shim made) wakes it.
+fn a_sleeping_task_wakes_on_a_connection_from_its_namespace(c: Ctrd) {
+    require_stack("ctr task sleeps and wakes");
+    let id = unique("ctrsleep");
+    let _g = c.task(&id);
+    c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        "lightwhale.io/idle-timeout=1h",
+        CTR_IMAGE,
+        &id,
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+        "-h",
+        "/www",
+    ])
+    .ok();
+    sleep_now(&id);
+    assert!(processes_of(&id).is_empty(), "{}: asleep", c.label);
+    let netns = format!("/run/lightwhale/netns/default-{id}");
+    let out = run(
+        "nsenter",
+        &[
+            &format!("--net={netns}"),
+            "busybox",
+            "timeout",
+            "20",
+            "busybox",
+            "wget",
+            "-qO-",
+            "http://127.0.0.1:8080/",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}: {out:?}", c.label);
+    assert!(out.stdout.contains("hello from lightwhale"), "{out:?}");
+    assert_eq!(lw_status("default", &id)["state"], "awake");
+    let tasks = c.ctr(&["task", "ls"]).ok();
+    assert!(
+        tasks
+            .stdout
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains("RUNNING")),
+        "{}: {tasks:?}",
+        c.label
     );
 }

@@ -321,3 +321,110 @@ fn a_wake_that_does_not_fit_in_memory_waits_and_is_not_lost() {
     });
     assert_eq!(inspect(&name, "{{.State.ExitCode}}"), "137");
 }
+
+/// Restarts the containerd 2.x that runs beside the host's (as install-deps.sh runs it).
+fn restart_containerd2() {
+    const CONF: &str = "/etc/lightwhale-containerd2/config.toml";
+    const PIDFILE: &str = "/run/lightwhale-containerd2.pid";
+    if systemd() {
+        run("systemctl", &["restart", "lightwhale-containerd2"]).ok();
+    } else {
+        let pid = run("pgrep", &["-f", &format!("containerd --config {CONF}")])
+            .stdout
+            .lines()
+            .next()
+            .map(str::trim)
+            .map(str::to_string)
+            .expect("containerd 2.x running");
+        run("kill", &[&pid]).ok();
+        wait_until("containerd 2.x to stop", Duration::from_secs(60), || {
+            run("kill", &["-0", &pid]).code != 0
+        });
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open("/var/log/lightwhale-containerd2.log")
+            .expect("log");
+        let err = log.try_clone().expect("log fd");
+        let started = Command::new("setsid")
+            .args(["-f", "/opt/lightwhale/containerd2/usr/bin/containerd", "--config", CONF])
+            .env(
+                "PATH",
+                "/opt/lightwhale/containerd2/usr/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .status()
+            .expect("start containerd 2.x");
+        assert!(started.success());
+        wait_until("containerd 2.x to start", Duration::from_secs(30), || {
+            !run("pgrep", &["-f", &format!("containerd --config {CONF}")])
+                .stdout
+                .trim()
+                .is_empty()
+        });
+        let pid = run("pgrep", &["-f", &format!("containerd --config {CONF}")]).stdout;
+        let _ = std::fs::write(PIDFILE, pid.lines().next().unwrap_or("").trim());
+    }
+    wait_until("containerd 2.x to answer", Duration::from_secs(60), || {
+        Ctrd::TWO.ctr(&["version"]).code == 0
+    });
+}
+
+#[test]
+#[ignore = "needs the real stack (containerd 2.x beside 1.7): make test runs it"]
+fn a_containerd_2_restart_keeps_a_sleeping_task() {
+    let _node = NODE.lock().unwrap_or_else(|p| p.into_inner());
+    require_stack("containerd 2.x restart");
+    let c = Ctrd::TWO;
+    let id = unique("cr2sleep");
+    let _g = c.task(&id);
+    c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        "io.containerd.lightwhale.v2",
+        "--annotation",
+        "lightwhale.io/idle-timeout=1h",
+        CTR_IMAGE,
+        &id,
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+        "-h",
+        "/www",
+    ])
+    .ok();
+    sleep_now(&id);
+    restart_containerd2();
+    std::thread::sleep(Duration::from_secs(2));
+    let tasks = c.ctr(&["task", "ls"]).ok();
+    assert!(
+        tasks
+            .stdout
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains("RUNNING")),
+        "containerd 2.x kept the sleeping task: {tasks:?}"
+    );
+    assert_eq!(lw_status("default", &id)["state"], "asleep");
+    let netns = format!("/run/lightwhale/netns/default-{id}");
+    let out = run(
+        "nsenter",
+        &[
+            &format!("--net={netns}"),
+            "busybox",
+            "timeout",
+            "20",
+            "busybox",
+            "wget",
+            "-qO-",
+            "http://127.0.0.1:8080/",
+        ],
+    );
+    assert!(
+        out.stdout.contains("hello from lightwhale"),
+        "woken: {out:?}"
+    );
+}

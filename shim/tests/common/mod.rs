@@ -156,6 +156,56 @@ impl Drop for Cleanup {
     }
 }
 
+/// One containerd, as `ctr` reaches it: the host's 1.7 (Docker's too), or the 2.x that
+/// scripts/install-deps.sh runs beside it.
+#[derive(Clone, Copy, Debug)]
+pub struct Ctrd {
+    pub label: &'static str,
+    cmd: &'static [&'static str],
+    /// Where it keeps its shims' task directories (each has the shim's `address`).
+    pub tasks: &'static str,
+}
+
+impl Ctrd {
+    pub const ONE_SEVEN: Ctrd = Ctrd {
+        label: "containerd 1.7",
+        cmd: &["ctr"],
+        tasks: "/run/containerd/io.containerd.runtime.v2.task",
+    };
+    pub const TWO: Ctrd = Ctrd {
+        label: "containerd 2.x",
+        cmd: &[
+            "/opt/lightwhale/containerd2/usr/bin/ctr",
+            "--address",
+            "/run/lightwhale-containerd2/containerd.sock",
+        ],
+        tasks: "/run/lightwhale-containerd2/io.containerd.runtime.v2.task",
+    };
+
+    pub fn ctr(&self, args: &[&str]) -> Out {
+        let mut all: Vec<&str> = self.cmd[1..].to_vec();
+        all.extend(args);
+        run(self.cmd[0], &all)
+    }
+
+    /// A guard that kills and removes task and container `id` when dropped.
+    pub fn task(&self, id: &str) -> CtrdTask {
+        CtrdTask(*self, id.to_string())
+    }
+}
+
+pub struct CtrdTask(pub Ctrd, pub String);
+
+impl Drop for CtrdTask {
+    fn drop(&mut self) {
+        let (c, id) = (&self.0, self.1.as_str());
+        let _ = c.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = c.ctr(&["task", "rm", "-f", id]);
+        let _ = c.ctr(&["container", "rm", id]);
+    }
+}
+
 /// Removes a ctr task and container when dropped.
 pub struct CtrTask(pub String);
 
