@@ -4,6 +4,9 @@
 //!
 //! This is policy only (when a task counts as idle, which ports to hold, eager or lazy
 //! restore); the mechanisms that carry it out live in `sleep`, `wake` and `hold`.
+//!
+//! Past 600 lines for its tests: every annotation's parsing, limits and error message is
+//! tested beside it, table by table (the code itself is ~450 lines).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -22,6 +22,7 @@ pub mod container;
 pub mod control;
 pub mod error;
 pub mod events;
+pub mod exec;
 pub mod group;
 pub mod hold;
 pub mod hooks;

@@ -135,7 +135,7 @@ pub fn spawn(c: &Arc<Container>) {
             let others = c.pod.group().map(|g| g.others(&c)).unwrap_or_default();
             let sleepers: Vec<_> = others
                 .into_iter()
-                .filter(|o| o.static_refusal().is_none())
+                .filter(|o| !o.is_deleted() && o.static_refusal().is_none())
                 .collect();
             if let Some(busy) = sleepers
                 .iter()

@@ -185,7 +185,7 @@ impl Container {
         });
         // A pod wakes whole: its other containers may be what this one needs next.
         if let Some(g) = self.pod.group() {
-            crate::group::wake_others(g, self);
+            wake_others(g, self);
         }
         if let Some(cmd) = self.config.post_wake_exec.clone() {
             // Off the wake path: the client's first byte never waits for the hook.
@@ -385,6 +385,22 @@ impl Container {
             .await
             .is_ok();
         finished
+    }
+}
+
+/// Wakes, in the background, the members of `pod` other than `woke` that sleep.
+///
+/// A plain function rather than code inside the wake: a wake that spawned wakes would be
+/// a future containing itself, whose `Send` the compiler cannot settle.
+fn wake_others(pod: &crate::container::Pod, woke: &Container) {
+    for other in pod.others(woke) {
+        if other.is_asleep() && !other.is_deleted() {
+            tokio::spawn(async move {
+                if let Err(e) = other.wake(Trigger::Pod).await {
+                    warn!(id = %other.id, "woken with its pod: {e}");
+                }
+            });
+        }
     }
 }
 

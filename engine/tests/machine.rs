@@ -10,8 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fake::{rig, rig_full, rig_with};
-use lightwhale_engine::container::PodRole;
-use lightwhale_engine::group::Group;
+use lightwhale_engine::container::{Pod, PodRole};
 use lightwhale_engine::{ContainerError, Event, SleepError, State, Trigger, WakeError};
 use lightwhale_status::NotSleeping;
 use tokio::sync::Semaphore;
@@ -474,7 +473,7 @@ async fn a_wake_that_does_not_fit_in_memory_leaves_it_asleep() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_wakes_whole_when_one_of_its_containers_wakes() {
     let _serial = SERIAL.lock().await;
-    let pod = Group::new("sandbox-1");
+    let pod = Pod::new("sandbox-1");
     let a = rig_full(true, PodRole::Member(pod.clone()), |_| {}).await;
     let b = rig_full(true, PodRole::Member(pod.clone()), |_| {}).await;
     assert_eq!(pod.len(), 2);

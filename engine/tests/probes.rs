@@ -17,8 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lightwhale_engine::config::{sleep_config, LazyMode, NodeConfig, SleepConfig};
-use lightwhale_engine::container::PodRole;
-use lightwhale_engine::group::Group;
+use lightwhale_engine::container::{Pod, PodRole};
 use lightwhale_engine::runc::Runc;
 use lightwhale_engine::stdio::StdioPaths;
 use lightwhale_engine::{reaper, Container, CreateRequest, Dirs, MemorySink, State};
@@ -187,7 +186,7 @@ async fn probes_neither_keep_a_pod_awake_nor_wake_it() {
         bundle_state: Default::default(),
         no_pivot: false,
         no_new_keyring: false,
-        pod: PodRole::Member(Group::new("sandbox")),
+        pod: PodRole::Member(Pod::new("sandbox")),
     })
     .await
     .expect("create");

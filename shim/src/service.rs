@@ -22,8 +22,7 @@ use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
 use containerd_shim_protos::ttrpc::{self, Code};
 use lightwhale_engine::bundle::BundleState;
 use lightwhale_engine::config::{self, NodeConfig};
-use lightwhale_engine::container::PodRole;
-use lightwhale_engine::group::Group;
+use lightwhale_engine::container::{Pod, PodRole};
 use lightwhale_engine::process::{ExitInfo, TaskStatus};
 use lightwhale_engine::runc::{CheckpointOpts, Runc};
 use lightwhale_engine::spec::BundleSpec;
@@ -92,7 +91,7 @@ pub struct Service {
     exit: Arc<ExitSignal>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     /// The pods served by this shim, by sandbox id.
-    pods: Mutex<HashMap<String, std::sync::Weak<Group>>>,
+    pods: Mutex<HashMap<String, std::sync::Weak<Pod>>>,
 }
 
 impl Service {
@@ -138,7 +137,7 @@ impl Service {
         let group = match pods.get(&sandbox).and_then(std::sync::Weak::upgrade) {
             Some(g) => g,
             None => {
-                let g = Group::new(&sandbox);
+                let g = Pod::new(&sandbox);
                 pods.insert(sandbox, Arc::downgrade(&g));
                 g
             }
