@@ -7,11 +7,14 @@
 //!
 //! The state machine: [`state`] (every legal transition, one table), [`container`] (the
 //! state and the one place it changes), then one module per concern that drives it:
-//! [`lifecycle`] (create, start, exec, kill, delete), [`sleep`], [`wake`], [`monitor`]
-//! (when to sleep: policy, configured by [`config`]), [`control`] (the CLI's socket).
+//! [`lifecycle`] (create, start, kill, delete), [`exec`], [`sleep`], [`wake`], [`monitor`]
+//! (when to sleep: policy, configured by [`config`]), [`group`] (a pod, which sleeps and
+//! wakes as one), [`control`] (the CLI's socket).
 //! Mechanisms they use: [`runc`] (driver), [`reaper`] (the one `waitpid`), [`stdio`],
 //! [`netns`], [`sockets`] and [`hold`] (sockets held while asleep), [`lazy`] (post-copy
-//! restore), [`activity`], [`cgroup`], [`spec`], [`bundle`], [`hooks`], [`privilege`].
+//! restore), [`slots`] (restores at once), [`podnet`], [`probes`] and [`bpf`] (a pod's
+//! traffic without the kubelet's probes; probes answered while asleep), [`activity`],
+//! [`cgroup`], [`spec`], [`bundle`], [`hooks`], [`privilege`].
 
 pub mod activity;
 pub mod bpf;
