@@ -3,13 +3,13 @@
 //! Everything about a container's life that other modules act on is here: the
 //! [`State`] (with the status record `lightwhale` reads, persisted on every change), the
 //! processes, the sockets held while it sleeps, the page fill of a lazy wake. A change of
-//! state is [`Container::transition`]: it checks the step with [`state::next`], applies
+//! state is `Container::transition`: it checks the step with [`state::next`], applies
 //! it, writes the status file and tells everyone waiting, under one lock.
 //!
 //! The operations that drive the transitions live beside this file, one concern each:
 //! `lifecycle` (create, start, exec, kill, delete: what containerd asks), `sleep` and
 //! `wake` (the checkpoint and the restore), `monitor` (when to sleep). Init's exits come
-//! in through [`Container::on_init_exit`], which alone decides what an exit means.
+//! in through `Container::on_init_exit`, which alone decides what an exit means.
 //!
 //! One file past 600 lines on purpose: the record, the one place it changes and the exit
 //! handling that decides what an exit means all read and write the record under its lock;
