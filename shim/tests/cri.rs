@@ -182,6 +182,18 @@ fn pod_sleeps_and_wakes_on_its_own_address(cri: &Cri) {
     assert_eq!(s["wakes"], 1, "{s}");
     let out = cri.ok(&["exec", "-s", &id, "cat", "/dev/shm/mark"]);
     assert_eq!(out.stdout.trim(), "kept");
+    // An exec into the sleeping container (what an exec probe is) wakes it and runs.
+    sleep_now(&id);
+    let out = cri.ok(&["exec", "-s", &id, "cat", "/dev/shm/mark"]);
+    assert_eq!(
+        out.stdout.trim(),
+        "kept",
+        "{}: exec while asleep",
+        cri.label
+    );
+    let s = wait_state("k8s.io", &id, "awake", Duration::from_secs(20));
+    assert_eq!(s["wakes"], 2, "{s}");
+    assert_eq!(s["last_wake_phases"]["trigger"], "exec", "{s}");
 }
 
 /// An invalid pod annotation fails runp, naming the annotation, and leaves no pod.
