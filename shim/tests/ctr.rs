@@ -259,20 +259,7 @@ fn a_sleeping_task_wakes_on_a_connection_from_its_namespace(c: Ctrd) {
     .ok();
     sleep_now(&id);
     assert!(processes_of(&id).is_empty(), "{}: asleep", c.label);
-    let netns = format!("/run/lightwhale/netns/default-{id}");
-    let out = run(
-        "nsenter",
-        &[
-            &format!("--net={netns}"),
-            "busybox",
-            "timeout",
-            "20",
-            "busybox",
-            "wget",
-            "-qO-",
-            "http://127.0.0.1:8080/",
-        ],
-    );
+    let out = get_in_pinned_netns("default", &id);
     assert_eq!(out.code, 0, "{}: {out:?}", c.label);
     assert!(out.stdout.contains("hello from lightwhale"), "{out:?}");
     assert_eq!(lw_status("default", &id)["state"], "awake");

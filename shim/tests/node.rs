@@ -409,20 +409,7 @@ fn a_containerd_2_restart_keeps_a_sleeping_task() {
         "containerd 2.x kept the sleeping task: {tasks:?}"
     );
     assert_eq!(lw_status("default", &id)["state"], "asleep");
-    let netns = format!("/run/lightwhale/netns/default-{id}");
-    let out = run(
-        "nsenter",
-        &[
-            &format!("--net={netns}"),
-            "busybox",
-            "timeout",
-            "20",
-            "busybox",
-            "wget",
-            "-qO-",
-            "http://127.0.0.1:8080/",
-        ],
-    );
+    let out = get_in_pinned_netns("default", &id);
     assert!(
         out.stdout.contains("hello from lightwhale"),
         "woken: {out:?}"

@@ -508,51 +508,6 @@ fn bad_annotations_fail_create_with_the_annotation_named() {
 
 #[test]
 #[ignore = "needs the real stack (root, runc, CRIU, containerd, dockerd): make test runs it"]
-fn ctr_task_sleeps_and_a_connection_from_its_namespace_wakes_it() {
-    require_stack("ctr sleep and wake");
-    let id = unique("ctrsleep");
-    let _g = CtrTask(id.clone());
-    ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        "io.containerd.lightwhale.v2",
-        "--annotation",
-        "lightwhale.io/idle-timeout=2s",
-        CTR_IMAGE,
-        &id,
-        "httpd",
-        "-f",
-        "-p",
-        "8080",
-        "-h",
-        "/www",
-    ])
-    .ok();
-    wait_state("default", &id, "asleep", Duration::from_secs(30));
-    assert!(processes_of(&id).is_empty());
-    // Connect from inside the pinned namespace, as a neighbour in a pod would.
-    let netns = format!("/run/lightwhale/netns/default-{id}");
-    let out = run(
-        "nsenter",
-        &[
-            &format!("--net={netns}"),
-            "busybox",
-            "timeout",
-            "20",
-            "busybox",
-            "wget",
-            "-qO-",
-            "http://127.0.0.1:8080/",
-        ],
-    );
-    assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.contains("hello from lightwhale"), "{out:?}");
-    assert_eq!(lw_status("default", &id)["state"], "awake");
-}
-
-#[test]
-#[ignore = "needs the real stack (root, runc, CRIU, containerd, dockerd): make test runs it"]
 fn an_idle_established_connection_sleeps_and_works_after_wake() {
     require_stack("idle established connection");
     use std::io::{BufRead, BufReader, Write};

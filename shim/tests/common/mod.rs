@@ -409,3 +409,22 @@ pub fn sleep_now(id: &str) {
 /// Pods and containers through containerd's CRI plugin (`lightwhale-cri`), on containerd
 /// 1.7 and 2.x: `shim/tests/cri.rs`.
 pub mod cri;
+
+/// GET / on port 8080 from inside the network namespace lightwhale pinned for container
+/// `id` of containerd namespace `ns` (as a neighbour in a pod would connect).
+pub fn get_in_pinned_netns(ns: &str, id: &str) -> Out {
+    let netns = format!("--net=/run/lightwhale/netns/{ns}-{id}");
+    run(
+        "nsenter",
+        &[
+            &netns,
+            "busybox",
+            "timeout",
+            "20",
+            "busybox",
+            "wget",
+            "-qO-",
+            "http://127.0.0.1:8080/",
+        ],
+    )
+}
