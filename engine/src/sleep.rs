@@ -149,6 +149,23 @@ const DUMP_EXIT_WAIT: Duration = Duration::from_secs(5);
 impl Container {
     /// Puts the task to sleep now. Refuses (without harm) when it cannot sleep.
     pub async fn sleep(self: &Arc<Self>) -> Result<(), SleepError> {
+        let result = self.sleep_once().await;
+        if let Err(e) = &result {
+            let kind = match e {
+                SleepError::Refused(r) => r.not_sleeping().map(|n| n.kind()),
+                SleepError::Prepare { .. } => Some("prepare"),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                self.update_status(|s| {
+                    lightwhale_status::Counters::bump(&mut s.counters.refusals, kind)
+                });
+            }
+        }
+        result
+    }
+
+    async fn sleep_once(self: &Arc<Self>) -> Result<(), SleepError> {
         let _gate = self.sleep_gate.lock().await;
         if let Some(r) = self.static_refusal() {
             return Err(r.into());
@@ -430,6 +447,8 @@ impl Container {
             s.held_ports = ports.clone();
             s.last_error = None;
             s.not_sleeping = None;
+            s.counters.sleep_seconds.observe(took.as_secs_f64());
+            s.counters.memory_freed_bytes_total += usage_before.unwrap_or(0);
         });
         if let Err(e) = done {
             // Sleeping is the sleep's own; nothing else moves it. Never leave images of
@@ -475,6 +494,11 @@ impl Container {
 
     fn sleep_failed(&self, e: &SleepError) {
         warn!(id = %self.id, "{e}");
+        let kind = match e {
+            SleepError::Hook(_) => "hook",
+            _ => "dump",
+        };
+        self.update_status(|s| lightwhale_status::Counters::bump(&mut s.counters.failures, kind));
         self.record_error(e);
         self.emit(Event::SleepFailed {
             id: self.id.clone(),

@@ -132,6 +132,9 @@ impl Container {
         if let Some(err) = last {
             // Never leave a client hanging: the task ends with a clear status, the held
             // sockets close (queued clients are reset), and the error is kept.
+            self.update_status(|s| {
+                lightwhale_status::Counters::bump(&mut s.counters.failures, "restore")
+            });
             self.record_error(&err);
             self.emit(Event::WakeFailed {
                 id: self.id.clone(),
@@ -155,6 +158,8 @@ impl Container {
                 s.last_error = Some(format!("lazy restore failed, restored eagerly: {f}"));
             }
             s.last_wake_phases = Some(phases.clone());
+            s.counters.wake_seconds.observe(took.as_secs_f64());
+            lightwhale_status::Counters::bump(&mut s.counters.wakes_by_trigger, trigger.as_str());
             r.held.take()
         });
         let Ok(held) = done else {
@@ -221,6 +226,9 @@ impl Container {
                 };
                 if self.state() == State::Asleep {
                     warn!(id = %self.id, "{err}");
+                    self.update_status(|s| {
+                        lightwhale_status::Counters::bump(&mut s.counters.failures, "no_memory")
+                    });
                     self.record_error(&err);
                     self.emit(Event::WakeFailed {
                         id: self.id.clone(),
@@ -364,6 +372,9 @@ impl Container {
                     log_tail: daemon.log_tail(10),
                 };
                 warn!(id = %c.id, "{err}");
+                c.update_status(|s| {
+                    lightwhale_status::Counters::bump(&mut s.counters.failures, "lazy_fill")
+                });
                 c.record_error(&err);
                 c.lock().forced_exit_status = Some(WAKE_FAILED_STATUS);
                 if let Err(e) = c.runtime.kill(&c.id, libc::SIGKILL, true).await {

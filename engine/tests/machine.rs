@@ -92,6 +92,15 @@ async fn a_sleep_a_wake_then_a_failed_dump_send_no_exit() {
     let err = r.c.status().last_error.unwrap_or_default();
     assert!(err.contains("checkpoint failed"), "{err}");
     assert!(!r.images().exists(), "a failed dump leaves no images");
+    // Counted, for `lightwhale metrics`: one sleep, one wake by a connection, one failure.
+    let n = r.c.status().counters;
+    assert_eq!(
+        (n.sleep_seconds.count, n.wake_seconds.count),
+        (1, 1),
+        "{n:?}"
+    );
+    assert_eq!(n.wakes_by_trigger.get("connection"), Some(&1), "{n:?}");
+    assert_eq!(n.failures.get("dump"), Some(&1), "{n:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

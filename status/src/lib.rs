@@ -119,7 +119,63 @@ pub struct ContainerStatus {
     pub kept_logs: Option<PathBuf>,
     /// Kubelet probes the shim answered while the pod slept (pods only).
     pub probes_answered: u64,
+    /// Running totals since the container was created (for `lightwhale metrics`).
+    pub counters: Counters,
     pub config: ConfigView,
+}
+
+/// Upper bounds (seconds) of the duration histograms' buckets: a small wake takes ~0.05 s,
+/// a 1 GiB eager one ~0.7 s, a herd's last several seconds.
+pub const DURATION_BUCKETS: [f64; 11] = [
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// What happened to a container so far, counted: what `lightwhale metrics` adds up over
+/// the node's containers.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default)]
+pub struct Counters {
+    /// Wakes by what woke it (`connection`, `exec`, `signal`, `pod`, ...).
+    pub wakes_by_trigger: std::collections::BTreeMap<String, u64>,
+    /// Failures by kind: `dump`, `restore`, `lazy_fill`, `no_memory`, `hook`.
+    pub failures: std::collections::BTreeMap<String, u64>,
+    /// Sleeps refused (by the reason's kind: `in_flight`, `no_listener`, ...).
+    pub refusals: std::collections::BTreeMap<String, u64>,
+    pub sleep_seconds: Histogram,
+    pub wake_seconds: Histogram,
+    /// Memory given back by sleeps, in total.
+    pub memory_freed_bytes_total: u64,
+}
+
+/// A duration histogram over [`DURATION_BUCKETS`]: `counts[i]` observations fell in bucket
+/// `i` (not cumulative), `counts[len]` above the last bound.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default)]
+pub struct Histogram {
+    pub counts: Vec<u64>,
+    pub sum_seconds: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, seconds: f64) {
+        if self.counts.len() != DURATION_BUCKETS.len() + 1 {
+            self.counts = vec![0; DURATION_BUCKETS.len() + 1];
+        }
+        let i = DURATION_BUCKETS
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.counts[i] += 1;
+        self.sum_seconds += seconds;
+        self.count += 1;
+    }
+}
+
+impl Counters {
+    pub fn bump(map: &mut std::collections::BTreeMap<String, u64>, key: &str) {
+        *map.entry(key.to_string()).or_default() += 1;
+    }
 }
 
 impl ContainerStatus {
@@ -602,6 +658,20 @@ mod tests {
         let mut left = left;
         left.sort();
         assert_eq!(left, vec!["c3.json", "c4.json"]);
+    }
+
+    #[test]
+    fn histograms_count_into_their_buckets() {
+        let mut h = Histogram::default();
+        for s in [0.004, 0.05, 0.051, 3.0, 60.0] {
+            h.observe(s);
+        }
+        assert_eq!(h.count, 5);
+        assert_eq!(h.counts[0], 1, "<= 10 ms");
+        assert_eq!(h.counts[2], 1, "<= 50 ms (inclusive)");
+        assert_eq!(h.counts[3], 1, "<= 75 ms");
+        assert_eq!(h.counts[DURATION_BUCKETS.len()], 1, "above the last bound");
+        assert!((h.sum_seconds - 63.105).abs() < 1e-9);
     }
 
     #[test]
