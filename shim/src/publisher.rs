@@ -1,11 +1,18 @@
 //! The engine's events, published to containerd in order, outside every lock, each with
 //! a deadline: a stalled containerd delays its own events, never a wake.
+//!
+//! Besides containerd's task events, lightwhale's own go out under `/lightwhale/container/`
+//! (`asleep`, `awake`, `sleep-failed`, `wake-failed`). Their payload is containerd's
+//! `ContainerUpdate` (the container's id, lightwhale's fields as `lightwhale.io/...`
+//! labels): a type every containerd client can decode, so `ctr events` shows them (it
+//! skips types it does not know, and cannot know ours).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use containerd_shim::asynchronous::publisher::RemotePublisher;
+use containerd_shim_protos::events::container::ContainerUpdate;
 use containerd_shim_protos::events::task::{
     TaskCheckpointed, TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM,
     TaskPaused, TaskResumed, TaskStart,
@@ -206,9 +213,70 @@ fn to_containerd(item: Queued) -> Option<(&'static str, Box<dyn MessageDyn>)> {
                 ..Default::default()
             }),
         ),
-        Event::Asleep { .. }
-        | Event::Awake { .. }
-        | Event::SleepFailed { .. }
-        | Event::WakeFailed { .. } => return None,
+        Event::Asleep {
+            id,
+            took_ms,
+            pages_bytes,
+        } => lightwhale_event(
+            "/lightwhale/container/asleep",
+            id,
+            &[
+                ("took-ms", took_ms.to_string()),
+                ("pages-bytes", pages_bytes.to_string()),
+            ],
+        ),
+        Event::Awake {
+            id,
+            trigger,
+            took_ms,
+            lazy,
+        } => lightwhale_event(
+            "/lightwhale/container/awake",
+            id,
+            &[
+                ("trigger", trigger.as_str().to_string()),
+                ("took-ms", took_ms.to_string()),
+                ("lazy", lazy.to_string()),
+            ],
+        ),
+        Event::SleepFailed { id, reason } => lightwhale_event(
+            "/lightwhale/container/sleep-failed",
+            id,
+            &[("reason", reason)],
+        ),
+        Event::WakeFailed { id, reason } => lightwhale_event(
+            "/lightwhale/container/wake-failed",
+            id,
+            &[("reason", reason)],
+        ),
     })
+}
+
+/// The most of a reason an event carries (a CRIU log tail can be long; `lightwhale
+/// inspect` has all of it).
+const REASON_MAX: usize = 1024;
+
+fn lightwhale_event(
+    topic: &'static str,
+    id: String,
+    fields: &[(&str, String)],
+) -> (&'static str, Box<dyn MessageDyn>) {
+    let mut labels = std::collections::HashMap::new();
+    let event = topic.rsplit('/').next().unwrap_or(topic);
+    labels.insert("lightwhale.io/event".to_string(), event.to_string());
+    for (k, v) in fields {
+        let v = match v.char_indices().nth(REASON_MAX) {
+            Some((cut, _)) => format!("{}...", &v[..cut]),
+            None => v.clone(),
+        };
+        labels.insert(format!("lightwhale.io/{k}"), v);
+    }
+    (
+        topic,
+        Box::new(ContainerUpdate {
+            id,
+            labels,
+            ..Default::default()
+        }),
+    )
 }
