@@ -144,6 +144,13 @@ fn every_reason_a_container_stays_awake_is_named() {
     assert!(line.contains("cpu"), "ps names the reason: {line}");
     let table = run("lightwhale", &["inspect", "--format", "table", &cpu[..12]]).ok();
     assert!(table.stdout.contains("CPU"), "{table:?}");
+    // Docker's name finds it too.
+    let cpu_name = docker(&["inspect", "-f", "{{.Name}}", cpu])
+        .trimmed()
+        .trim_start_matches('/')
+        .to_string();
+    let by_name = run("lightwhale", &["inspect", &cpu_name]).ok();
+    assert!(by_name.stdout.contains(cpu.as_str()), "{by_name:?}");
 }
 
 fn has_sys_resource() -> bool {
