@@ -8,7 +8,9 @@
 mod control;
 mod docker;
 mod inspect;
+mod metrics;
 mod resolve;
+mod serve;
 mod store;
 mod view;
 
@@ -77,6 +79,23 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = Format::Json)]
         format: Format,
     },
+    /// Serve Prometheus metrics at http://ADDR/metrics: containers by state, sleeps and
+    /// wakes, their durations, failures, memory freed. Read from the status files on each
+    /// scrape; never in a wake's way.
+    Metrics {
+        /// Address (host:port) to serve GET /metrics on. Loopback by default: listen on
+        /// another address on purpose (there is no TLS or authentication).
+        #[arg(long, value_name = "ADDR", default_value = metrics::DEFAULT_LISTEN)]
+        listen: String,
+        /// Print one exposition to stdout and exit (for node_exporter's textfile
+        /// collector, cron, tests).
+        #[arg(long, conflicts_with = "listen")]
+        once: bool,
+        /// Add an `id` label with the container id to every series: one series per
+        /// container and metric. High cardinality; off by default.
+        #[arg(long)]
+        per_container: bool,
+    },
     /// Print a shell completion script, e.g. `lightwhale completions bash >
     /// /etc/bash_completion.d/lightwhale`.
     Completions {
@@ -143,6 +162,21 @@ fn run(cli: Cli, dirs: &Dirs, docker: &Docker) -> Result<()> {
         Cmd::Sleep { id } => act(dirs.live, docker, ns, &id, Command::Sleep),
         Cmd::Wake { id } => act(dirs.live, docker, ns, &id, Command::Wake),
         Cmd::Inspect { id, format } => inspect(dirs, docker, ns, &id, format),
+        Cmd::Metrics {
+            listen,
+            once,
+            per_container,
+        } => {
+            let mut exporter = metrics::Exporter::new(metrics::Options {
+                per_container,
+                namespace: ns.map(str::to_string),
+            });
+            if once {
+                emit(exporter.scrape(dirs)?.as_bytes())
+            } else {
+                serve::serve(&listen, || exporter.scrape(dirs))
+            }
+        }
         Cmd::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(
@@ -335,6 +369,31 @@ mod tests {
         assert_eq!(usage.exit_code(), 2);
         let usage = Cli::try_parse_from(["lightwhale", "completions", "tcsh"]).expect_err("shell");
         assert_eq!(usage.exit_code(), 2);
+        let cli = Cli::try_parse_from(["lightwhale", "metrics"]).expect("metrics");
+        assert!(matches!(
+            cli.command,
+            Cmd::Metrics { ref listen, once: false, per_container: false } if listen == "127.0.0.1:9464"
+        ));
+        let cli = Cli::try_parse_from([
+            "lightwhale",
+            "-n",
+            "moby",
+            "metrics",
+            "--once",
+            "--per-container",
+        ])
+        .expect("metrics --once");
+        assert!(matches!(
+            cli.command,
+            Cmd::Metrics {
+                once: true,
+                per_container: true,
+                ..
+            }
+        ));
+        let usage = Cli::try_parse_from(["lightwhale", "metrics", "--once", "--listen", ":9464"])
+            .expect_err("--once prints, --listen serves");
+        assert_eq!(usage.exit_code(), 2);
     }
 
     fn dirs(root: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
@@ -357,6 +416,23 @@ mod tests {
         assert!(msg.contains("no lightwhale container matches"), "{msg}");
         let cli = Cli::try_parse_from(["lightwhale", "sleep", ""]).expect("sleep");
         assert!(run(cli, &d, &docker).is_err());
+    }
+
+    #[test]
+    fn metrics_once_reads_the_directories_and_a_bad_address_is_an_error() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (live, exited) = dirs(tmp.path());
+        let d = Dirs {
+            live: &live,
+            exited: &exited,
+        };
+        let docker = Docker::at(tmp.path().join("no-docker.sock"));
+        let cli = Cli::try_parse_from(["lightwhale", "metrics", "--once"]).expect("metrics");
+        run(cli, &d, &docker).expect("an empty node is no error");
+        let cli = Cli::try_parse_from(["lightwhale", "metrics", "--listen", "not an address"])
+            .expect("metrics");
+        let msg = run(cli, &d, &docker).expect_err("bad address").to_string();
+        assert!(msg.contains("cannot listen on not an address"), "{msg}");
     }
 
     #[test]

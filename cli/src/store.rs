@@ -39,6 +39,12 @@ pub struct Scan {
     /// on stderr by the caller, so that the user learns to upgrade instead of wondering
     /// where a container went.
     pub warnings: Vec<String>,
+    /// Status files that could not be read or are not status records (newer ones are in
+    /// `warnings` instead); one that vanished between the listing and the read (its
+    /// container was deleted) is not counted. `lightwhale metrics` exposes the count.
+    pub unreadable: usize,
+    /// The namespace directories found, those without any record included.
+    pub namespaces: Vec<String>,
 }
 
 /// Reads every status record under `dir`.
@@ -61,6 +67,7 @@ pub fn scan(dir: &Path) -> Result<Scan> {
             continue;
         };
         let namespace = ns.file_name().to_string_lossy().into_owned();
+        out.namespaces.push(namespace.clone());
         for f in files.flatten() {
             let path = f.path();
             // `.json.tmp` files (an atomic rewrite in progress) end in `tmp` and are skipped.
@@ -73,7 +80,13 @@ pub fn scan(dir: &Path) -> Result<Scan> {
                     out.warnings.push(e.to_string());
                     continue;
                 }
-                Err(ReadError::Io { .. } | ReadError::Json { .. }) => continue,
+                Err(ReadError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+                    continue
+                }
+                Err(ReadError::Io { .. } | ReadError::Json { .. }) => {
+                    out.unreadable += 1;
+                    continue;
+                }
             };
             let id = path
                 .file_stem()
@@ -89,6 +102,7 @@ pub fn scan(dir: &Path) -> Result<Scan> {
     }
     out.entries
         .sort_by(|a, b| (&a.namespace, &a.id).cmp(&(&b.namespace, &b.id)));
+    out.namespaces.sort();
     Ok(out)
 }
 
@@ -124,6 +138,8 @@ mod tests {
         let ids: Vec<&str> = scan.entries.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids, ["abc123"]);
         assert!(scan.warnings.is_empty(), "{:?}", scan.warnings);
+        // garbage, binary, array, empty and the directory named `dir.json`.
+        assert_eq!(scan.unreadable, 5);
         let e = &scan.entries[0];
         assert_eq!(e.namespace, "moby");
         assert_eq!(e.status.state, State::Asleep);

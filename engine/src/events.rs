@@ -34,7 +34,7 @@ impl Trigger {
             Trigger::Exec => "exec",
             Trigger::Signal => "signal",
             Trigger::Pause => "pause",
-            Trigger::Checkpoint => "checkpoint request",
+            Trigger::Checkpoint => "checkpoint",
             Trigger::Request => "request",
             Trigger::Pod => "pod",
         }
