@@ -60,6 +60,32 @@ impl Cri {
         }
     }
 
+    /// A containerd 2.x a test runs itself, at `socket`, whose pods get `subnet_prefix`
+    /// addresses (the strings live as long as the test binary: a test makes one or two).
+    pub fn private2(label: &'static str, socket: &str, subnet_prefix: &'static str) -> Cri {
+        let endpoint: &'static str = Box::leak(format!("unix://{socket}").into_boxed_str());
+        let socket: &'static str = Box::leak(socket.to_string().into_boxed_str());
+        let ctr: &'static [&'static str] = Box::leak(Box::new([
+            "/opt/lightwhale/containerd2/usr/bin/ctr",
+            "--address",
+            socket,
+        ]));
+        Cri {
+            label,
+            endpoint,
+            ctr,
+            version_prefix: "2.",
+            subnet_prefix,
+        }
+    }
+
+    /// `ctr --address ... ARGS...` for this containerd.
+    pub fn ctr(&self, args: &[&str]) -> Out {
+        let mut all: Vec<&str> = self.ctr[1..].to_vec();
+        all.extend_from_slice(args);
+        run(self.ctr[0], &all)
+    }
+
     /// `lightwhale-cri -r ENDPOINT ARGS...`, bounded in time.
     pub fn cri(&self, args: &[&str]) -> Out {
         let bin = cri_bin();
