@@ -18,7 +18,7 @@ OUT := target/$(HOST_TRIPLE)/release
 # the dynamic loader, 0.2 ms a start (its own target dir keeps the flags apart).
 CRIU_TAR := target/static/$(HOST_TRIPLE)/release/lightwhale-criu-tar
 
-.PHONY: all build deps bench-deps install images test test-unit lint demo bench soak clean uninstall
+.PHONY: all build deps bench-deps install images installer-image test test-unit lint demo bench soak clean uninstall
 
 all: build
 
@@ -45,6 +45,12 @@ uninstall:
 
 images:
 	bash scripts/make-test-images.sh
+
+# The node installer's image, built offline FROM scratch (deploy/node/Dockerfile): the
+# binaries above, this host's CRIU with its libraries, and deploy/node/lightwhale-node;
+# tagged lightwhale/node-installer:dev and :<version> (deploy/kubernetes/daemonset.yaml).
+installer-image: build
+	bash deploy/node/build-image.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
