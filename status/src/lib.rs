@@ -10,14 +10,21 @@
 //! schema newer than [`SCHEMA`] refuses with [`ReadError::Newer`] ("upgrade lightwhale")
 //! instead of misreading; fields added within a schema are optional, so an older file
 //! still reads.
+//!
+//! Past 600 lines as one file on purpose: it is the whole crate, the one definition of
+//! every record both sides read; splitting it would only scatter what must be read
+//! together when a field is added.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 /// The schema this build writes and understands. Bump it when a field changes meaning
-/// or is removed; adding an optional field does not need a bump.
-pub const SCHEMA: u32 = 1;
+/// or is removed, or a value appears that an older reader cannot parse; adding an
+/// optional field does not need a bump.
+///
+/// 2: the state `dozing` (an older CLI would fail on it: it says "upgrade" instead).
+pub const SCHEMA: u32 = 2;
 
 /// Where shims keep status files and control sockets by default.
 pub const CONTAINERS_DIR: &str = "/run/lightwhale/containers";
@@ -40,6 +47,10 @@ pub enum State {
     Created,
     /// Running as under runc.
     Awake,
+    /// Idle for `doze-after`: frozen in place (its cgroup's freezer), its memory pushed
+    /// out to (compressed) swap; its sockets stay its own and the first connection,
+    /// data on an open one, an exec or a signal thaws it at once.
+    Dozing,
     /// Frozen by the user (`docker pause`): never put to sleep.
     Paused,
     /// Being checkpointed: frozen, sockets taken, CRIU dumping.
@@ -57,7 +68,7 @@ impl State {
     pub fn is_running(self) -> bool {
         matches!(
             self,
-            State::Awake | State::Sleeping | State::Asleep | State::Waking
+            State::Awake | State::Dozing | State::Sleeping | State::Asleep | State::Waking
         )
     }
 
@@ -70,6 +81,7 @@ impl State {
         match self {
             State::Created => "created",
             State::Awake => "awake",
+            State::Dozing => "dozing",
             State::Paused => "paused",
             State::Sleeping => "sleeping",
             State::Asleep => "asleep",
@@ -119,9 +131,38 @@ pub struct ContainerStatus {
     pub kept_logs: Option<PathBuf>,
     /// Kubelet probes the shim answered while the pod slept (pods only).
     pub probes_answered: u64,
+    /// Times it dozed, and thawed.
+    pub dozes: u64,
+    pub thaws: u64,
+    /// The current doze (while dozing), else the last one.
+    pub doze: Option<DozeRecord>,
     /// Running totals since the container was created (for `lightwhale metrics`).
     pub counters: Counters,
     pub config: ConfigView,
+}
+
+/// One doze: what the container held before and after its memory went out.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default)]
+pub struct DozeRecord {
+    /// Resident memory of its processes (sum of their RSS) right before the doze.
+    pub rss_before_bytes: u64,
+    /// ... and once its memory was paged out.
+    pub rss_after_bytes: u64,
+    /// Its pages in swap after the page-out (sum of the processes' VmSwap).
+    pub swap_bytes: u64,
+    /// What those swapped pages take in memory when the swap is zram (compressed), from
+    /// zram's own ratio; None with another swap, or none.
+    pub swap_compressed_bytes: Option<u64>,
+    /// Whether memory was paged out at all (false: no swap on the node, frozen only).
+    pub reclaimed: bool,
+    /// Why memory was not (fully) reclaimed, when it was not.
+    pub note: Option<String>,
+    /// Freezing, taking the sockets' watch and paging out, in ms.
+    pub took_ms: f64,
+    /// The last thaw: what thawed it, and the trigger to the task running again, in ms.
+    pub thaw_trigger: Option<String>,
+    pub thaw_ms: Option<f64>,
 }
 
 /// Upper bounds (seconds) of the duration histograms' buckets: a small wake takes ~0.05 s,
@@ -143,6 +184,9 @@ pub struct Counters {
     pub refusals: std::collections::BTreeMap<String, u64>,
     pub sleep_seconds: Histogram,
     pub wake_seconds: Histogram,
+    /// Thaws from a doze, by what thawed it, and how long they took.
+    pub thaws_by_trigger: std::collections::BTreeMap<String, u64>,
+    pub thaw_seconds: Histogram,
     /// Memory given back by sleeps, in total.
     pub memory_freed_bytes_total: u64,
 }
@@ -157,15 +201,26 @@ pub struct Histogram {
     pub count: u64,
 }
 
+/// Upper bounds (seconds) of the thaw histogram's buckets: a thaw takes about a
+/// millisecond, its page-ins after a full page-out a few.
+pub const THAW_BUCKETS: [f64; 8] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1];
+
 impl Histogram {
+    /// Counts an observation in [`DURATION_BUCKETS`].
     pub fn observe(&mut self, seconds: f64) {
-        if self.counts.len() != DURATION_BUCKETS.len() + 1 {
-            self.counts = vec![0; DURATION_BUCKETS.len() + 1];
+        self.observe_in(seconds, &DURATION_BUCKETS);
+    }
+
+    /// Counts an observation in buckets bounded by `bounds` (always the same ones for
+    /// one histogram).
+    pub fn observe_in(&mut self, seconds: f64, bounds: &[f64]) {
+        if self.counts.len() != bounds.len() + 1 {
+            self.counts = vec![0; bounds.len() + 1];
         }
-        let i = DURATION_BUCKETS
+        let i = bounds
             .iter()
             .position(|b| seconds <= *b)
-            .unwrap_or(DURATION_BUCKETS.len());
+            .unwrap_or(bounds.len());
         self.counts[i] += 1;
         self.sum_seconds += seconds;
         self.count += 1;
@@ -399,6 +454,8 @@ pub struct ConfigView {
     /// `auto`, `on` or `off`.
     pub lazy_pages: String,
     pub lazy_pages_threshold_bytes: u64,
+    /// Idle time after which it dozes (None: it does not doze).
+    pub doze_after_ms: Option<u64>,
 }
 
 /// Where a wake's time went, in milliseconds from the trigger (a connection seen on a
@@ -431,6 +488,7 @@ pub struct WakePhases {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
     Sleep,
+    Doze,
     Wake,
     Status,
 }
@@ -439,6 +497,7 @@ impl Command {
     pub fn as_str(self) -> &'static str {
         match self {
             Command::Sleep => "sleep",
+            Command::Doze => "doze",
             Command::Wake => "wake",
             Command::Status => "status",
         }
@@ -447,6 +506,7 @@ impl Command {
     pub fn parse(line: &str) -> Option<Command> {
         match line.trim() {
             "sleep" => Some(Command::Sleep),
+            "doze" => Some(Command::Doze),
             "wake" => Some(Command::Wake),
             "status" => Some(Command::Status),
             _ => None,
