@@ -69,7 +69,7 @@ pub enum ConfigError {
         value: String,
         expected: &'static str,
     },
-    #[error("unknown annotation {0}: lightwhale accepts {PREFIX}{{idle-timeout,ports,criu-profile,sleep,pre-sleep-exec,post-wake-exec,hook-timeout,lazy-pages,lazy-pages-threshold}}")]
+    #[error("unknown annotation {0}: lightwhale accepts {PREFIX}{{idle-timeout,doze-after,ports,criu-profile,sleep,pre-sleep-exec,post-wake-exec,hook-timeout,lazy-pages,lazy-pages-threshold}}")]
     Unknown(String),
     #[error("{path}: {message}")]
     NodeFile { path: String, message: String },
@@ -79,6 +79,9 @@ pub enum ConfigError {
 pub struct SleepConfig {
     pub enabled: bool,
     pub idle_timeout: Duration,
+    /// Idle this long (and less than `idle_timeout`), the task dozes: frozen, its memory
+    /// paged out, until a connection thaws it. None: it does not doze.
+    pub doze_after: Option<Duration>,
     /// Ports whose listeners are held while asleep; empty means all LISTEN sockets.
     pub ports: Vec<u16>,
     pub criu_profile: String,
@@ -133,6 +136,7 @@ impl SleepConfig {
         lightwhale_status::ConfigView {
             sleep: self.enabled,
             idle_timeout_ms: self.idle_timeout.as_millis() as u64,
+            doze_after_ms: self.doze_after.map(|d| d.as_millis() as u64),
             ports: self.ports.clone(),
             criu_profile: self.criu_profile.clone(),
             criu_profile_path: self.criu_profile_path.clone(),
@@ -148,6 +152,9 @@ impl SleepConfig {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct NodeConfig {
     pub idle_timeout: Option<String>,
+    /// Doze after this much idle time (a duration, or "off", the default); containers
+    /// doze only when it is shorter than their idle timeout.
+    pub doze_after: Option<String>,
     pub sleep: Option<bool>,
     pub criu_profile: Option<String>,
     /// Where checkpoint images go (default /var/lib/lightwhale).
@@ -246,6 +253,18 @@ pub const MAX_HOOK_TIMEOUT: Duration = Duration::from_secs(600);
 fn idle_timeout(v: &str) -> Option<Duration> {
     parse_duration(v).filter(|d| (MIN_IDLE_TIMEOUT..=MAX_IDLE_TIMEOUT).contains(d))
 }
+
+/// `off` (None), or a duration within the idle timeout's bounds.
+fn doze_after(v: &str) -> Option<Option<Duration>> {
+    match parse_bool(v) {
+        Some(false) => Some(None),
+        Some(true) => None,
+        None => idle_timeout(v).map(Some),
+    }
+}
+
+const DOZE_AFTER_EXPECTED: &str =
+    "expected off, or a duration from 1s to 168h (shorter than idle-timeout), such as 10s";
 
 /// Parses a size: bytes ("4096"), or with a unit: K/M/G (powers of 1000) or
 /// Ki/Mi/Gi (powers of 1024), as Kubernetes quantities are written.
@@ -378,6 +397,13 @@ pub fn sleep_config(
         })?,
         None => DEFAULT_IDLE_TIMEOUT,
     };
+    let mut doze = match &node.doze_after {
+        Some(v) => doze_after(v).ok_or_else(|| ConfigError::NodeFile {
+            path: NODE_CONFIG.into(),
+            message: format!("doze-after {}: {DOZE_AFTER_EXPECTED}", shown(v)),
+        })?,
+        None => None,
+    };
     let mut ports = Vec::new();
     let mut profile = node
         .criu_profile
@@ -418,6 +444,9 @@ pub fn sleep_config(
                         "expected a duration from 1s to 168h, such as 30s, 5m or 1h",
                     )
                 })?
+            }
+            "doze-after" => {
+                doze = doze_after(value).ok_or_else(|| bad(key, value, DOZE_AFTER_EXPECTED))?
             }
             "ports" => {
                 ports = parse_ports(value).ok_or_else(|| {
@@ -486,6 +515,8 @@ pub fn sleep_config(
     Ok(SleepConfig {
         enabled,
         idle_timeout,
+        // A doze as long as the idle timeout would never come before the sleep.
+        doze_after: doze.filter(|d| *d < idle_timeout),
         ports,
         criu_profile: profile,
         criu_profile_path,
@@ -593,6 +624,43 @@ mod tests {
         ] {
             assert_eq!(parse_duration(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn doze_after() {
+        let (_d, dirs) = dirs();
+        let node = NodeConfig::default();
+        let c = sleep_config(&[], &node, &dirs).expect("defaults");
+        assert_eq!(c.doze_after, None, "off unless asked for");
+        let mut a = ann("doze-after", "5s");
+        a.extend(ann("idle-timeout", "1m"));
+        let c = sleep_config(&a, &node, &dirs).expect("doze");
+        assert_eq!(c.doze_after, Some(Duration::from_secs(5)));
+        assert_eq!(c.view(Path::new("/x")).doze_after_ms, Some(5000));
+        // Not shorter than the idle timeout: the sleep would come first; no doze.
+        let mut a = ann("doze-after", "2m");
+        a.extend(ann("idle-timeout", "1m"));
+        assert_eq!(sleep_config(&a, &node, &dirs).expect("ok").doze_after, None);
+        // The node's default, and a container that turns it off.
+        let node = NodeConfig {
+            doze_after: Some("10s".into()),
+            ..Default::default()
+        };
+        let c = sleep_config(&[], &node, &dirs).expect("node default");
+        assert_eq!(c.doze_after, Some(Duration::from_secs(10)));
+        let c = sleep_config(&ann("doze-after", "OFF"), &node, &dirs).expect("off");
+        assert_eq!(c.doze_after, None);
+        for v in ["on", "soon", "0s", "500ms", "9999h"] {
+            let e =
+                sleep_config(&ann("doze-after", v), &NodeConfig::default(), &dirs).expect_err(v);
+            assert!(e.to_string().contains("expected off, or a duration"), "{e}");
+        }
+        let bad_node = NodeConfig {
+            doze_after: Some("often".into()),
+            ..Default::default()
+        };
+        let e = sleep_config(&[], &bad_node, &dirs).expect_err("node file");
+        assert!(e.to_string().contains("doze-after \"often\""), "{e}");
     }
 
     #[test]

@@ -119,6 +119,8 @@ pub(crate) struct Record {
     pub dump_exit: Option<Exit>,
     /// While Asleep (and Waking): the sockets the shim holds for the task.
     pub held: Option<Held>,
+    /// While Dozing: its freezer and the watch on its sockets.
+    pub doze: Option<crate::doze::DozeHold>,
     pub fill: Option<Fill>,
     /// Resources sent by Update while asleep, applied at wake.
     pub pending_update: Option<PathBuf>,
@@ -240,6 +242,7 @@ impl Container {
                 dumping: None,
                 dump_exit: None,
                 held: None,
+                doze: None,
                 fill: None,
                 pending_update: None,
                 stopping: false,
@@ -566,12 +569,17 @@ impl Container {
             |r| {
                 r.status.held_ports.clear();
                 r.status.not_sleeping = None;
-                (r.held.take(), r.dumping.take())
+                (r.held.take(), r.dumping.take(), r.doze.take())
             },
         );
-        let Ok(Some((held, dumping))) = claimed else {
+        let Ok(Some((held, dumping, doze))) = claimed else {
             return false;
         };
+        // A task that ended while frozen (killed from outside): the rest of its cgroup
+        // must run to end too.
+        if let Some(Err(e)) = doze.map(crate::doze::DozeHold::release) {
+            warn!(id = %self.id, "thaw at exit: {e}");
+        }
         let from_sleep = held.is_some() || dumping.is_some();
         drop(held);
         if from_sleep {

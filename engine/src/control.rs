@@ -1,4 +1,4 @@
-//! A unix socket per container for `lightwhale sleep|wake|inspect`: one command line in,
+//! A unix socket per container for `lightwhale sleep|doze|wake|inspect`: one command line in,
 //! one JSON [`Reply`] line out.
 
 use std::sync::Arc;
@@ -41,12 +41,13 @@ pub fn serve(c: &Arc<Container>) {
                 }
                 let result = match Command::parse(&line) {
                     Some(Command::Sleep) => c.sleep().await.map_err(|e| e.to_string()),
+                    Some(Command::Doze) => c.doze().await.map_err(|e| e.to_string()),
                     Some(Command::Wake) => {
                         c.wake(Trigger::Request).await.map_err(|e| e.to_string())
                     }
                     Some(Command::Status) => Ok(()),
                     None => Err(format!(
-                        "unknown command {:?} (sleep, wake, status)",
+                        "unknown command {:?} (sleep, doze, wake, status)",
                         line.trim()
                     )),
                 };

@@ -25,6 +25,8 @@ pub enum Trigger {
     Request,
     /// Another container of its pod woke.
     Pod,
+    /// A dozing task about to be checkpointed (thaws only).
+    Sleep,
 }
 
 impl Trigger {
@@ -37,6 +39,7 @@ impl Trigger {
             Trigger::Checkpoint => "checkpoint",
             Trigger::Request => "request",
             Trigger::Pod => "pod",
+            Trigger::Sleep => "sleep",
         }
     }
 }
@@ -99,6 +102,21 @@ pub enum Event {
         took_ms: u64,
         lazy: bool,
     },
+    /// The container dozes: frozen, its memory paged out (`rss_*`: its resident memory
+    /// before and after).
+    Dozing {
+        id: String,
+        took_ms: u64,
+        rss_before: u64,
+        rss_after: u64,
+    },
+    /// A dozing container runs again.
+    Thawed {
+        id: String,
+        trigger: Trigger,
+        /// The trigger to the task running again, in microseconds.
+        took_us: u64,
+    },
     /// A sleep was attempted and did not happen; the container runs on.
     SleepFailed {
         id: String,
@@ -131,6 +149,8 @@ impl Event {
             | Event::Checkpointed { id, .. }
             | Event::Asleep { id, .. }
             | Event::Awake { id, .. }
+            | Event::Dozing { id, .. }
+            | Event::Thawed { id, .. }
             | Event::SleepFailed { id, .. }
             | Event::WakeFailed { id, .. }
             | Event::Deleted { id, .. } => id,

@@ -386,7 +386,7 @@ impl Container {
                         return Ok(());
                     }
                 }
-                State::Asleep => match self.wake(Trigger::Signal).await {
+                State::Asleep | State::Dozing => match self.wake(Trigger::Signal).await {
                     Ok(()) => {}
                     Err(WakeError::Exited) => return Err(ContainerError::ProcessFinished),
                     Err(e) => return Err(e.into()),
@@ -414,7 +414,12 @@ impl Container {
             match self.transition(Transition::Pause) {
                 Ok(_) => break,
                 // A sleep began between the wake and here: wake it again.
-                Err(e) if e.from == State::Asleep || e.from.in_transition() => continue,
+                Err(e)
+                    if matches!(e.from, State::Asleep | State::Dozing)
+                        || e.from.in_transition() =>
+                {
+                    continue
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -521,6 +526,8 @@ impl Container {
     pub async fn delete(self: &Arc<Self>) -> Result<(i32, ExitInfo), ContainerError> {
         self.deleted.store(true, Ordering::Relaxed);
         self.lock().stopping = true;
+        // runc deletes a running task; a frozen one would not die (cgroup v1).
+        self.thaw_at(Trigger::Signal, std::time::Instant::now());
         while self.settled().await == State::Asleep {
             if self.claim_exit(Some(State::Asleep)) {
                 let status = 128 + libc::SIGKILL as u32;

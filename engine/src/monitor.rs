@@ -1,6 +1,9 @@
-//! When to sleep (policy): the task is put to sleep after `idle-timeout` without inbound
-//! TCP traffic and with its CPU use under the threshold. A sleep that fails or is refused
-//! backs off (5 s doubling, up to 5 minutes) before the next try.
+//! When to doze and when to sleep (policy): the task dozes after `doze-after` (when set)
+//! and is put to sleep after `idle-timeout`, both counted without inbound TCP traffic and
+//! with its CPU use under the threshold; a dozing task counts on being idle (a connection
+//! thaws it, and that is activity). A sleep that fails or is refused backs off (5 s
+//! doubling, up to 5 minutes) before the next try; a refused doze waits as long as
+//! `doze-after` again.
 //!
 //! Every look also records why the container is not asleep (`NotSleeping`), so that
 //! `lightwhale ps` and `inspect` can answer the question every scale-to-zero system is
@@ -50,6 +53,7 @@ pub fn spawn(c: &Arc<Container>) {
         let mut traffic: Option<PodTraffic> = None;
         let mut traffic_tried = false;
         let mut pod_segments: u64 = 0;
+        let mut doze_not_before = Instant::now();
         loop {
             tokio::time::sleep(tick).await;
             let Some(c) = weak.upgrade() else { return };
@@ -66,7 +70,7 @@ pub fn spawn(c: &Arc<Container>) {
             }
             match c.state() {
                 State::Exited => return,
-                State::Awake => {}
+                State::Awake | State::Dozing => {}
                 State::Paused => {
                     tracker.touch(now);
                     c.set_not_sleeping(Some(NotSleeping::Paused));
@@ -113,6 +117,15 @@ pub fn spawn(c: &Arc<Container>) {
             }
             let idle = tracker.observe(sample, now);
             c.set_idle_ready(idle);
+            if let Some(after) = c.config.doze_after {
+                let quiet = tracker.busy_cpu_permille().is_none() && tracker.idle_for(now) >= after;
+                if !idle && quiet && now >= doze_not_before && c.state() == State::Awake {
+                    if let Err(e) = c.doze().await {
+                        info!(id = %c.id, "idle, but no doze: {e}");
+                        doze_not_before = Instant::now() + after;
+                    }
+                }
+            }
             if !idle {
                 c.set_not_sleeping(Some(match tracker.busy_cpu_permille() {
                     Some(permille) => NotSleeping::CpuBusy {

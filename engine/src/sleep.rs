@@ -173,6 +173,10 @@ impl Container {
         match self.settled().await {
             State::Asleep => return Ok(()),
             State::Awake => {}
+            // Idle on past its doze: thawed, then checkpointed as any awake task.
+            State::Dozing => {
+                self.thaw_at(Trigger::Sleep, Instant::now());
+            }
             other => return Err(Refusal::NotAwake(other).into()),
         }
         if self.running_execs() > 0 {
@@ -243,7 +247,7 @@ impl Container {
 
     /// Something must listen on TCP to wake the task: what the ports annotation names,
     /// or any port.
-    fn check_listeners(&self) -> Result<(), Refusal> {
+    pub(crate) fn check_listeners(&self) -> Result<(), Refusal> {
         let pid = self.init.pid();
         if !sockets::listeners(pid, &self.config.ports).is_empty() {
             return Ok(());

@@ -4,7 +4,12 @@
 //!             start              pause
 //!  Created ─────────► Awake ◄──────────► Paused
 //!                     │ ▲ ▲   resume
-//!          begin-sleep│ │ └────────────────────┐
+//!                doze │ │ thaw
+//!                     ▼ │
+//!                    Dozing  (frozen, memory paged out, sockets in place)
+//!                     │ ▲ (a sleep thaws a dozing task first: Dozing ─thaw─► Awake)
+//!                     │ │
+//!          begin-sleep│ │ └────────────────────┐        (from Awake)
 //!                     ▼ │ sleep-aborted        │ wake-done
 //!                  Sleeping ──sleep-done──► Asleep ──begin-wake──► Waking
 //!
@@ -14,8 +19,10 @@
 //!
 //! [`next`] is pure: it says whether a transition is legal from a state and where it
 //! leads. `Container::transition` is the only caller that applies one; it checks with
-//! [`next`], sets the state and persists it in one step. A Dozing tier (frozen, memory
-//! paged out, sockets in place) slots in between Awake and Sleeping here.
+//! [`next`], sets the state and persists it in one step. Dozing is the cheap tier
+//! between Awake and Sleeping: leaving it is a thaw (a write to the freezer), never a
+//! restore, so everything that needs the task (a connection, an exec, a signal, a sleep)
+//! thaws first and goes on from Awake.
 
 pub use lightwhale_status::State;
 
@@ -38,6 +45,10 @@ pub enum Transition {
     BeginWake,
     /// The restored task runs and has its sockets back.
     WakeDone,
+    /// Idle for `doze-after`: frozen in place, memory paged out.
+    Doze,
+    /// A connection, data, an exec, a signal or a sleep needs the dozing task: thawed.
+    Thaw,
     /// The task ended for good.
     Exit,
 }
@@ -53,6 +64,8 @@ impl Transition {
             Transition::SleepAborted => "abort a sleep of",
             Transition::BeginWake => "wake",
             Transition::WakeDone => "finish a wake of",
+            Transition::Doze => "doze",
+            Transition::Thaw => "thaw",
             Transition::Exit => "exit",
         }
     }
@@ -84,6 +97,8 @@ pub fn next(from: State, transition: Transition) -> Result<State, TransitionErro
         (Sleeping, SleepAborted) => Awake,
         (Asleep, BeginWake) => Waking,
         (Waking, WakeDone) => Awake,
+        (Awake, Doze) => Dozing,
+        (Dozing, Thaw) => Awake,
         (Exited, Exit) => return Err(TransitionError { from, transition }),
         (_, Exit) => Exited,
         _ => return Err(TransitionError { from, transition }),
@@ -97,8 +112,10 @@ mod tests {
     use State::*;
     use Transition::*;
 
-    const STATES: [State; 7] = [Created, Awake, Paused, Sleeping, Asleep, Waking, Exited];
-    const TRANSITIONS: [Transition; 9] = [
+    const STATES: [State; 8] = [
+        Created, Awake, Dozing, Paused, Sleeping, Asleep, Waking, Exited,
+    ];
+    const TRANSITIONS: [Transition; 11] = [
         Start,
         Pause,
         Resume,
@@ -107,6 +124,8 @@ mod tests {
         SleepAborted,
         BeginWake,
         WakeDone,
+        Doze,
+        Thaw,
         Exit,
     ];
 
@@ -123,6 +142,8 @@ mod tests {
             (SleepAborted, Awake),
             (Pause, Paused),
             (Resume, Awake),
+            (Doze, Dozing),
+            (Thaw, Awake),
             (Exit, Exited),
         ] {
             s = next(s, t).unwrap_or_else(|e| panic!("{e}"));
@@ -141,6 +162,8 @@ mod tests {
             (Sleeping, SleepAborted),
             (Asleep, BeginWake),
             (Waking, WakeDone),
+            (Awake, Doze),
+            (Dozing, Thaw),
         ];
         for from in STATES {
             for t in TRANSITIONS {
@@ -174,6 +197,11 @@ mod tests {
             "pause wakes first, never pauses a checkpoint"
         );
         assert!(next(Waking, BeginSleep).is_err());
+        assert!(
+            next(Dozing, BeginSleep).is_err() && next(Dozing, Pause).is_err(),
+            "a dozing task is thawed first, then goes on from Awake"
+        );
+        assert!(next(Asleep, Doze).is_err(), "only an awake task dozes");
         assert!(
             next(Sleeping, BeginWake).is_err(),
             "a wake waits for the sleep to end"

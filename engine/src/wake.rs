@@ -87,6 +87,11 @@ impl Container {
         loop {
             match self.settled().await {
                 State::Asleep => {}
+                // A doze ends with a thaw, not a restore.
+                State::Dozing => {
+                    self.thaw_at(trigger, since);
+                    continue;
+                }
                 State::Exited => return Err(WakeError::Exited),
                 _ => return Ok(()),
             }

@@ -239,6 +239,32 @@ fn to_containerd(item: Queued) -> Option<(&'static str, Box<dyn MessageDyn>)> {
                 ("lazy", lazy.to_string()),
             ],
         ),
+        Event::Dozing {
+            id,
+            took_ms,
+            rss_before,
+            rss_after,
+        } => lightwhale_event(
+            "/lightwhale/container/dozing",
+            id,
+            &[
+                ("took-ms", took_ms.to_string()),
+                ("rss-before-bytes", rss_before.to_string()),
+                ("rss-after-bytes", rss_after.to_string()),
+            ],
+        ),
+        Event::Thawed {
+            id,
+            trigger,
+            took_us,
+        } => lightwhale_event(
+            "/lightwhale/container/thawed",
+            id,
+            &[
+                ("trigger", trigger.as_str().to_string()),
+                ("took-us", took_us.to_string()),
+            ],
+        ),
         Event::SleepFailed { id, reason } => lightwhale_event(
             "/lightwhale/container/sleep-failed",
             id,

@@ -1,0 +1,282 @@
+//! Doze: the cheap tier before sleep. An idle task is frozen where it is (its cgroup's
+//! freezer) and its memory pushed out to swap (zram compresses it); its processes, their
+//! sockets and their kernel state stay. The shim watches duplicates of its listening
+//! sockets and open connections: a new connection completes its handshake in the kernel
+//! and makes a listener readable, data makes a connection readable, and either thaws
+//! the task at once: no restore, the pages it touches come back on demand.
+//!
+//! Transitions: Awake → Dozing (claimed and frozen in one step) → Awake (thawed, in one
+//! step). Anything else that needs the task (an exec, a signal, `docker pause`, a
+//! checkpoint, the sleep after `idle-timeout`) thaws it first and goes on from Awake.
+//! When to doze is the monitor's call; this is the mechanism.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use lightwhale_status::{DozeRecord, THAW_BUCKETS};
+
+use crate::container::{ms, Container};
+use crate::events::{Event, Trigger};
+use crate::freezer::{FreezeError, Freezer};
+use crate::hold::Held;
+use crate::pageout;
+use crate::sleep::Refusal;
+use crate::sockets;
+use crate::state::{State, Transition};
+
+/// How long a freeze may take before the doze is given up (the task thawed).
+const FREEZE_LIMIT: Duration = Duration::from_secs(2);
+
+/// A doze in force: what thawing it needs.
+pub(crate) struct DozeHold {
+    freezer: Freezer,
+    /// The watch on the task's sockets (set once the task is frozen).
+    held: Option<Held>,
+    /// Set by the thaw: a page-out under way stops.
+    cancel: Arc<AtomicBool>,
+}
+
+impl DozeHold {
+    /// Lets the task run again (the watch goes with the hold).
+    pub(crate) fn release(self) -> Result<(), FreezeError> {
+        self.cancel.store(true, Ordering::Relaxed);
+        self.freezer.thaw()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DozeError {
+    #[error("{0}")]
+    Refused(#[from] Refusal),
+    #[error("pod members do not doze (their kubelet probes would thaw them): they sleep")]
+    PodMember,
+    #[error("freeze: {0}")]
+    Freeze(#[from] FreezeError),
+    #[error("list the task's processes: {0}")]
+    Ps(String),
+    #[error("watch the task's sockets: {0}")]
+    Sockets(String),
+}
+
+impl Container {
+    /// Dozes now: freezes the task in place, watches its sockets, pages its memory out.
+    /// Refused without harm when it cannot (the monitor calls it after `doze-after`).
+    pub async fn doze(self: &Arc<Self>) -> Result<(), DozeError> {
+        let _gate = self.sleep_gate.lock().await;
+        if let Some(r) = self.static_refusal() {
+            return Err(r.into());
+        }
+        if self.pod.group().is_some() {
+            return Err(DozeError::PodMember);
+        }
+        match self.settled().await {
+            State::Dozing => return Ok(()),
+            State::Awake => {}
+            other => return Err(Refusal::NotAwake(other).into()),
+        }
+        if self.running_execs() > 0 {
+            return Err(Refusal::ExecRunning.into());
+        }
+        // Something must listen for a connection to thaw it.
+        self.check_listeners()?;
+        let pid = self.init.pid();
+        let freezer = Freezer::of_pid(pid)?;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let t0 = Instant::now();
+        // Claimed and frozen in one step, under the record's lock: a thaw (which takes
+        // the same lock) either comes before and finds it Awake, or after and thaws it.
+        let claimed = self.transition_if(
+            Transition::Doze,
+            |r| !r.stopping,
+            |r| {
+                let frozen = freezer.start_freeze();
+                r.doze = Some(DozeHold {
+                    freezer: freezer.clone(),
+                    held: None,
+                    cancel: cancel.clone(),
+                });
+                // The record of this doze, filled in as it goes (a thaw may come first).
+                r.status.doze = Some(DozeRecord::default());
+                frozen
+            },
+        );
+        match claimed {
+            Ok(Some(Ok(()))) => {}
+            Ok(Some(Err(e))) => {
+                self.undo_doze();
+                return Err(e.into());
+            }
+            Ok(None) => return Err(Refusal::Stopping.into()),
+            Err(e) => return Err(Refusal::NotAwake(e.from).into()),
+        }
+        let f = freezer.clone();
+        let frozen = tokio::task::spawn_blocking(move || f.wait_frozen(FREEZE_LIMIT))
+            .await
+            .unwrap_or(Err(FreezeError::Timeout(FREEZE_LIMIT)));
+        if let Err(e) = frozen {
+            self.undo_doze();
+            return Err(e.into());
+        }
+        let pids = match self.runtime.ps(&self.id).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.undo_doze();
+                return Err(DozeError::Ps(e.to_string()));
+            }
+        };
+        match self.watch_while_dozing(&pids, pid) {
+            Ok(held) => {
+                let mut r = self.lock();
+                let dozing = r.status.state == State::Dozing;
+                match r.doze.as_mut() {
+                    Some(d) if dozing => d.held = Some(held),
+                    // Thawed meanwhile (an exec, a signal): nothing to watch.
+                    _ => drop(held),
+                }
+            }
+            Err(e) => {
+                self.undo_doze();
+                return Err(e);
+            }
+        }
+        let before = pageout::footprint(&pids);
+        let (reclaimed, note) = if pageout::swap_free_bytes() == 0 {
+            (
+                false,
+                Some("no free swap on the node: frozen only, its memory stays resident".into()),
+            )
+        } else {
+            let (p, c) = (pids.clone(), cancel.clone());
+            match tokio::task::spawn_blocking(move || pageout::page_out(&p, &c)).await {
+                Ok(Ok(_)) => (true, None),
+                Ok(Err(e)) => {
+                    warn!(id = %self.id, "doze: {e}");
+                    (false, Some(e.to_string()))
+                }
+                Err(e) => (false, Some(format!("page-out did not finish: {e}"))),
+            }
+        };
+        let after = pageout::footprint(&pids);
+        let compressed = pageout::zram_ratio()
+            .map(|(orig, used)| (after.swap as u128 * used as u128 / orig as u128) as u64);
+        let took = t0.elapsed();
+        info!(
+            id = %self.id,
+            rss_before = before.rss,
+            rss_after = after.rss,
+            swap = after.swap,
+            "dozing ({:.1} ms)",
+            ms(took)
+        );
+        self.update_status(|s| {
+            s.dozes += 1;
+            let d = s.doze.get_or_insert_with(DozeRecord::default);
+            d.rss_before_bytes = before.rss;
+            d.rss_after_bytes = after.rss;
+            d.swap_bytes = after.swap;
+            d.swap_compressed_bytes = compressed;
+            d.reclaimed = reclaimed;
+            d.note = note;
+            d.took_ms = ms(took);
+        });
+        self.emit(Event::Dozing {
+            id: self.id.clone(),
+            took_ms: took.as_millis() as u64,
+            rss_before: before.rss,
+            rss_after: after.rss,
+        });
+        Ok(())
+    }
+
+    /// Duplicates of the task's listeners and open connections, watched: the first to
+    /// turn readable thaws the task.
+    fn watch_while_dozing(self: &Arc<Self>, pids: &[i32], pid: i32) -> Result<Held, DozeError> {
+        let listeners = sockets::listeners(pid, &self.config.ports);
+        let established = sockets::established(pid);
+        let mut inodes: Vec<u64> = listeners.iter().map(|l| l.inode).collect();
+        inodes.extend(&established);
+        let holders = sockets::socket_holders(pids, &inodes);
+        let dup = |inode: &u64| -> Result<Option<std::os::fd::OwnedFd>, DozeError> {
+            match holders.get(inode) {
+                Some(&(hpid, fd)) => sockets::dup_from(hpid, fd)
+                    .map(Some)
+                    .map_err(|e| DozeError::Sockets(e.to_string())),
+                None => Ok(None),
+            }
+        };
+        let mut held = Vec::new();
+        for l in &listeners {
+            if let Some(fd) = dup(&l.inode)? {
+                held.push((l.port, fd));
+            }
+        }
+        if held.is_empty() {
+            return Err(Refusal::NoHolder.into());
+        }
+        let mut conns = Vec::new();
+        for inode in &established {
+            conns.extend(dup(inode)?);
+        }
+        let mut h = Held::new(held, conns);
+        let weak = Arc::downgrade(self);
+        h.watch(move |seen| {
+            if let Some(c) = weak.upgrade() {
+                c.thaw_at(Trigger::Connection, seen);
+            }
+        });
+        Ok(h)
+    }
+
+    /// Takes back a doze that did not get under way (the freeze or the watch failed):
+    /// thawed, Awake, and not counted as a doze or a thaw.
+    fn undo_doze(&self) {
+        let undone = self.transition_with(Transition::Thaw, |r| {
+            r.status.doze = None;
+            r.doze.take().map(DozeHold::release)
+        });
+        if let Ok(Some(Err(e))) = undone {
+            warn!(id = %self.id, "thaw after a failed doze: {e}");
+            self.record_error(&e);
+        }
+    }
+
+    /// Thaws a dozing task (no-op otherwise): the freezer first, then the state and its
+    /// file, so the task runs again before any bookkeeping. `seen` is when the trigger
+    /// came. True when this call thawed it.
+    pub(crate) fn thaw_at(&self, trigger: Trigger, seen: Instant) -> bool {
+        let thawed = self.transition_with(Transition::Thaw, |r| {
+            let hold = r.doze.take();
+            let result = hold.map(DozeHold::release);
+            (result, ms(seen.elapsed()))
+        });
+        let Ok((result, took_ms)) = thawed else {
+            return false;
+        };
+        if let Some(Err(e)) = &result {
+            warn!(id = %self.id, "thaw: {e}");
+            self.record_error(e);
+        }
+        self.touch_activity();
+        info!(id = %self.id, %trigger, "thawed ({took_ms:.2} ms)");
+        self.update_status(|s| {
+            s.thaws += 1;
+            lightwhale_status::Counters::bump(&mut s.counters.thaws_by_trigger, trigger.as_str());
+            s.counters
+                .thaw_seconds
+                .observe_in(took_ms / 1000.0, &THAW_BUCKETS);
+            if let Some(d) = s.doze.as_mut() {
+                d.thaw_trigger = Some(trigger.as_str().to_string());
+                d.thaw_ms = Some(took_ms);
+            }
+        });
+        self.emit(Event::Thawed {
+            id: self.id.clone(),
+            trigger,
+            took_us: (took_ms * 1000.0) as u64,
+        });
+        true
+    }
+}
