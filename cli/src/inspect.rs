@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use lightwhale_status::{ContainerStatus, WakePhases};
+use lightwhale_status::{ContainerStatus, DozeRecord, WakePhases};
 
 use crate::view::{age, clean, mib, ms};
 
@@ -35,6 +35,12 @@ pub fn table(s: &ContainerStatus, name: Option<&str>, now_ms: u64) -> String {
     if let Some(p) = &s.last_wake_phases {
         field("wake phases:", &phases(p));
     }
+    if s.dozes > 0 || s.doze.is_some() {
+        field("dozes / thaws:", &format!("{} / {}", s.dozes, s.thaws));
+    }
+    if let Some(d) = &s.doze {
+        field("doze:", &doze(d));
+    }
     field("memory freed:", &mib(s.memory_freed_bytes));
     field("checkpoint pages:", &mib(s.pages_bytes));
     field("held ports:", &ports(&s.held_ports, "none"));
@@ -43,6 +49,10 @@ pub fn table(s: &ContainerStatus, name: Option<&str>, now_ms: u64) -> String {
     let c = &s.config;
     field("sleep:", if c.sleep { "on" } else { "off" });
     field("idle timeout:", &ms(Some(c.idle_timeout_ms)));
+    field(
+        "doze after:",
+        &c.doze_after_ms.map_or("off".to_string(), |d| ms(Some(d))),
+    );
     field("ports:", &ports(&c.ports, "any listening TCP port"));
     field(
         "criu profile:",
@@ -65,6 +75,29 @@ fn ports(p: &[u16], none: &str) -> String {
         return none.to_string();
     }
     p.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// The current (or last) doze, on one line.
+fn doze(d: &DozeRecord) -> String {
+    let mut parts = vec![
+        format!(
+            "resident {} -> {}",
+            mib(Some(d.rss_before_bytes)),
+            mib(Some(d.rss_after_bytes))
+        ),
+        format!("swapped {}", mib(Some(d.swap_bytes))),
+    ];
+    if let Some(c) = d.swap_compressed_bytes {
+        parts.push(format!("{} compressed", mib(Some(c))));
+    }
+    parts.push(format!("took {:.1}ms", d.took_ms));
+    if let (Some(t), Some(ms)) = (&d.thaw_trigger, d.thaw_ms) {
+        parts.push(format!("thawed by {t} in {ms:.2}ms"));
+    }
+    if let Some(n) = &d.note {
+        parts.push(n.clone());
+    }
+    parts.join(", ")
 }
 
 /// Where the last wake's time went, on one line.

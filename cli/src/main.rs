@@ -65,7 +65,13 @@ enum Cmd {
         /// The container: id, unique id prefix, or name.
         id: String,
     },
-    /// Restore a sleeping container now.
+    /// Doze a container now: freeze it in place and page its memory out to swap; its
+    /// next connection thaws it in about a millisecond.
+    Doze {
+        /// The container: id, unique id prefix, or name.
+        id: String,
+    },
+    /// Restore a sleeping container now (or thaw a dozing one).
     Wake {
         /// The container: id, unique id prefix, or name.
         id: String,
@@ -160,6 +166,7 @@ fn run(cli: Cli, dirs: &Dirs, docker: &Docker) -> Result<()> {
             ps(dirs, docker, ns, format, all)
         }
         Cmd::Sleep { id } => act(dirs.live, docker, ns, &id, Command::Sleep),
+        Cmd::Doze { id } => act(dirs.live, docker, ns, &id, Command::Doze),
         Cmd::Wake { id } => act(dirs.live, docker, ns, &id, Command::Wake),
         Cmd::Inspect { id, format } => inspect(dirs, docker, ns, &id, format),
         Cmd::Metrics {
