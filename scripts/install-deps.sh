@@ -9,6 +9,7 @@
 #     the local pause image as sandbox image (built by make-test-images.sh)
 #   - containerd 2.x beside 1.7 (Debian unstable's, unpacked under /opt/lightwhale/containerd2,
 #     its own root, state, socket and CNI network), for the CRI tests against both
+#   - swap: a zram device on a host without swap (the doze tier pages memory out to it)
 #   --bench: also what bench/measure.py uses (wrk, python3-matplotlib for the plot)
 set -euo pipefail
 bench=0
@@ -379,6 +380,23 @@ fi
 wait_for "containerd 2.x" 30 "$C2/usr/bin/ctr" --address "$C2_SOCK" version
 if "$C2/usr/bin/ctr" --address "$C2_SOCK" plugins ls 2>/dev/null | grep -E 'cri' | grep -q error; then
   die "containerd 2.x's CRI plugin failed to load: see $C2_LOG"
+fi
+
+# --- swap for the doze tier ---------------------------------------------------------
+# A doze pages a container's memory out to swap. A host without any gets a zram device
+# (compressed, in memory; its pages take only what they compress to), as the doze tests
+# and benchmarks need one. A host with swap keeps its own.
+if [ "$(awk 'NR > 1' /proc/swaps | wc -l)" = 0 ] && [ -e /sys/block/zram0 ] && [ -b /dev/zram0 ]; then
+  z=/sys/block/zram0
+  if [ "$(cat $z/disksize)" = 0 ]; then
+    alg=lzo-rle
+    grep -qw lz4 $z/comp_algorithm && alg=lz4
+    echo "$alg" > $z/comp_algorithm
+    echo 2G > $z/disksize
+  fi
+  mkswap /dev/zram0 >/dev/null && swapon -p 100 /dev/zram0 \
+    && log "swap: /dev/zram0, $(( $(cat $z/disksize) >> 20 )) MiB ($(sed -n 's/.*\[\(.*\)\].*/\1/p' $z/comp_algorithm)), for the doze tier" \
+    || die "could not set up zram swap on /dev/zram0 (the doze tests need swap)"
 fi
 
 # CRIU without CAP_SYS_RESOURCE (some VMs withhold it even from root) cannot dump a

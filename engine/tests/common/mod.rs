@@ -9,6 +9,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod service;
+
 /// Fails the test, naming what is missing, when this host cannot run containers.
 pub fn require_privileges(what: &str) {
     let mut missing = Vec::new();
