@@ -517,6 +517,57 @@ def cri_wake(n):
     return out
 
 
+# --- 8. doze ---------------------------------------------------------------------------
+def lw_doze(cid):
+    r = subprocess.run(["lightwhale", "doze", cid], capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise RuntimeError(f"lightwhale doze {cid[:12]}: {r.stderr.strip()}")
+    return status(cid)
+
+
+def doze_cycles(name, image_cmd, n, env=(), counter=False):
+    """Dozes and thaws one container n times: the client's connect to first byte after each
+    doze, the next request (pages mostly back), and what the doze held."""
+    port = free_port()
+    rm(name)
+    cid = run("lightwhale", name, image_cmd, publish=port, env=env, annotations=["lightwhale.io/idle-timeout=1h"])
+    wait_serving("127.0.0.1", port, deadline_s=300)
+    expect = 1 if counter else None
+    res = {"thaw_ms": [], "next_ms": [], "shim_thaw_ms": [], "doze_ms": [], "rss_before": [], "rss_after": [],
+           "swap": [], "compressed": [], "reclaimed": True, "note": None}
+    for _ in range(n):
+        st = lw_doze(cid)
+        d = st.get("doze") or {}
+        if st.get("state") != "dozing":
+            FAILED.append((f"{name} doze", f"state {st.get('state')}"))
+            continue
+        res["doze_ms"].append(d.get("took_ms"))
+        res["rss_before"].append(d.get("rss_before_bytes"))
+        res["rss_after"].append(d.get("rss_after_bytes"))
+        res["swap"].append(d.get("swap_bytes"))
+        res["compressed"].append(d.get("swap_compressed_bytes"))
+        res["reclaimed"] = res["reclaimed"] and d.get("reclaimed", False)
+        res["note"] = d.get("note") or res["note"]
+        time.sleep(0.2)
+        expect = expect + 1 if counter else None
+        res["thaw_ms"].append(checked(f"{name} thaw", "127.0.0.1", port, expect))
+        expect = expect + 1 if counter else None
+        res["next_ms"].append(checked(f"{name} after thaw", "127.0.0.1", port, expect))
+        res["shim_thaw_ms"].append((status(cid).get("doze") or {}).get("thaw_ms"))
+        time.sleep(0.05)
+    return res
+
+
+def doze(n, sizes):
+    out = {"busybox": doze_cycles(f"{PREFIX}doze-small", BUSYBOX, n)}
+    rm(f"{PREFIX}doze-small")
+    for mib in sizes:
+        out[f"python {mib} MiB"] = doze_cycles(f"{PREFIX}doze{mib}", PYTHON, max(5, n // 4),
+                                              env=[f"MEMORY_MIB={mib}"], counter=True)
+        rm(f"{PREFIX}doze{mib}")
+    return out
+
+
 def plot(sweep, path):
     try:
         import matplotlib
@@ -569,7 +620,7 @@ def versions():
     }
 
 
-SECTIONS = ("latency", "memory", "shim", "density", "throughput", "herd", "cri")
+SECTIONS = ("latency", "memory", "shim", "density", "throughput", "herd", "cri", "doze")
 
 
 def main():
@@ -661,6 +712,11 @@ def main():
         log("7/7 cri: a pod's wake through containerd's CRI (1.7 and 2.x)")
         res["cri"] = cri_wake(10 if quick else 25)
 
+    # 8. the doze tier: frozen in place, memory paged out, thawed by the next connection
+    if "doze" in only:
+        log("8/8 doze: thaw to first byte and dozing memory (busybox, python 16/200 MiB)")
+        res["doze"] = doze(10 if quick else 40, (16, 200))
+
     if "latency" in res:
         lat = res["latency"]
         res.update({
@@ -700,6 +756,9 @@ def main():
         for label, c in res["cri"].items():
             key = "cri_1_7" if "1.7" in label else "cri_2"
             res[f"{key}_wake_p50_ms"] = med(c["wake_ms"])
+    if "doze" in res:
+        res["thaw_small_p50_ms"] = med(res["doze"]["busybox"]["thaw_ms"])
+        res["thaw_small_p99_ms"] = pct(res["doze"]["busybox"]["thaw_ms"], 99)
     if "herd" in res:
         h = res["herd"]
         res.update({
@@ -725,7 +784,7 @@ def print_tables(r):
           f"{r['duration_s']} s")
     for key, section in (("latency", print_latency), ("memory", print_memory), ("shim", print_shim),
                          ("density", print_density), ("throughput_rps", print_throughput), ("herd", print_herd),
-                         ("cri", print_cri)):
+                         ("cri", print_cri), ("doze", print_doze)):
         if key in r:
             print()
             section(r[key])
@@ -821,6 +880,27 @@ def print_cri(c):
     for label, r in c.items():
         w = r["wake_ms"]
         print(f"| {label} | {fmt(med(w))} | {fmt(pct(w, 99))} | {len(w)} |")
+
+
+def print_doze(dz):
+    print("### 8. Doze: frozen in place, memory paged out to zram, thawed by the next connection\n")
+    print("Each cycle: `lightwhale doze`, then a GET through the published port (connect to first byte); "
+          "then one more GET. Memory is the shim's record: resident before and after the page-out, and the "
+          "swapped pages as zram holds them (compressed).\n")
+    print("| service | thaw to first byte p50 (p99) | next request p50 | shim thaw p50 | doze (freeze + page-out) p50 "
+          "| resident awake | dozing: resident + compressed | share of awake | samples |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, r in dz.items():
+        before = med([x for x in r["rss_before"] if x is not None]) or 0
+        after = med([x for x in r["rss_after"] if x is not None]) or 0
+        comp = med([x for x in r["compressed"] if x is not None])
+        dozing = after + (comp if comp is not None else med([x for x in r["swap"] if x is not None]) or 0)
+        share = f"{100 * dozing / before:.0f}%" if before else "-"
+        print(f"| {label} | {fmt(med(r['thaw_ms']), 2)} ({fmt(pct(r['thaw_ms'], 99), 2)}) | {fmt(med(r['next_ms']), 2)} "
+              f"| {fmt(med(r['shim_thaw_ms']), 2)} | {fmt(med(r['doze_ms']))} | {before / 1048576:.1f} MiB "
+              f"| {dozing / 1048576:.1f} MiB | {share} | {len(r['thaw_ms'])} |")
+        if not r["reclaimed"]:
+            print(f"\n{label}: memory not reclaimed: {r['note']}")
 
 
 if __name__ == "__main__":
