@@ -121,6 +121,8 @@ pub(crate) struct Record {
     pub held: Option<Held>,
     /// While Dozing: its freezer and the watch on its sockets.
     pub doze: Option<crate::doze::DozeHold>,
+    /// What the dozes have left resident (see `doze::WorkingSet`).
+    pub working_set: crate::doze::WorkingSet,
     pub fill: Option<Fill>,
     /// Resources sent by Update while asleep, applied at wake.
     pub pending_update: Option<PathBuf>,
@@ -243,6 +245,7 @@ impl Container {
                 dump_exit: None,
                 held: None,
                 doze: None,
+                working_set: Default::default(),
                 fill: None,
                 pending_update: None,
                 stopping: false,

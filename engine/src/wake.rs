@@ -155,6 +155,8 @@ impl Container {
         phases.total_ms = ms(took);
         let done = self.transition_with(Transition::WakeDone, |r| {
             phases.fill_ms = r.early_fill_ms.take();
+            // Restored whole: the next doze starts from a full page-out again.
+            r.working_set = Default::default();
             let s = &mut r.status;
             s.wakes += 1;
             s.last_wake_ms = Some(took.as_millis() as u64);
