@@ -885,19 +885,21 @@ def print_cri(c):
 def print_doze(dz):
     print("### 8. Doze: frozen in place, memory paged out to zram, thawed by the next connection\n")
     print("Each cycle: `lightwhale doze`, then a GET through the published port (connect to first byte); "
-          "then one more GET. Memory is the shim's record: resident before and after the page-out, and the "
-          "swapped pages as zram holds them (compressed).\n")
-    print("| service | thaw to first byte p50 (p99) | next request p50 | shim thaw p50 | doze (freeze + page-out) p50 "
+          "then one more GET. Memory is the shim's record: resident before the first doze (awake), and while "
+          "dozing the resident pages plus the swapped ones as zram holds them (compressed, from zram's ratio).\n")
+    print("| service | thaw to first byte p50 (p99) | next request p50 | shim thaw p50 | doze (freeze + page-out): first / p50 "
           "| resident awake | dozing: resident + compressed | share of awake | samples |")
     print("|---|---|---|---|---|---|---|---|---|")
     for label, r in dz.items():
-        before = med([x for x in r["rss_before"] if x is not None]) or 0
+        # Awake: before the first doze (later dozes find the pages the last thaw left out).
+        before = next((x for x in r["rss_before"] if x is not None), 0)
         after = med([x for x in r["rss_after"] if x is not None]) or 0
         comp = med([x for x in r["compressed"] if x is not None])
         dozing = after + (comp if comp is not None else med([x for x in r["swap"] if x is not None]) or 0)
         share = f"{100 * dozing / before:.0f}%" if before else "-"
+        first_doze = next((x for x in r["doze_ms"] if x is not None), None)
         print(f"| {label} | {fmt(med(r['thaw_ms']), 2)} ({fmt(pct(r['thaw_ms'], 99), 2)}) | {fmt(med(r['next_ms']), 2)} "
-              f"| {fmt(med(r['shim_thaw_ms']), 2)} | {fmt(med(r['doze_ms']))} | {before / 1048576:.1f} MiB "
+              f"| {fmt(med(r['shim_thaw_ms']), 2)} | {fmt(first_doze)} / {fmt(med(r['doze_ms']))} | {before / 1048576:.1f} MiB "
               f"| {dozing / 1048576:.1f} MiB | {share} | {len(r['thaw_ms'])} |")
         if not r["reclaimed"]:
             print(f"\n{label}: memory not reclaimed: {r['note']}")

@@ -91,7 +91,13 @@ fn an_idle_container_dozes_and_the_next_request_thaws_it() {
     // The next request thaws it, and its count went on.
     let body = try_get(port, Duration::from_secs(10));
     assert_eq!(body.as_deref().map(str::trim), Some("2"));
-    let s = lw_status(NS, &id);
+    // The task runs first, the bookkeeping follows by a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut s = lw_status(NS, &id);
+    while s["thaws"] != 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        s = lw_status(NS, &id);
+    }
     assert_eq!(s["state"], "awake", "{s}");
     assert_eq!(s["counters"]["thaws_by_trigger"]["connection"], 1, "{s}");
     assert_eq!(
