@@ -1974,3 +1974,117 @@ sandbox = "{pause}"
         "uninstall left this host's files changed"
     );
 }
+
+/// The swap devices in use now, as /dev paths (/proc/swaps names a device as its swapon
+/// saw it: through a node root's /dev, the path is that one).
+fn swaps() -> Vec<String> {
+    std::fs::read_to_string("/proc/swaps")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|p| p.rsplit('/').next())
+        .map(|name| format!("/dev/{name}"))
+        .collect()
+}
+
+/// Puts this host's swap back when dropped (the test takes it away for a while).
+struct SwapBack(Vec<String>);
+
+impl Drop for SwapBack {
+    fn drop(&mut self) {
+        let now = swaps();
+        for dev in self.0.iter().filter(|d| !now.contains(d)) {
+            let out = common::run("swapon", &["-p", "100", dev]);
+            if out.code != 0 {
+                eprintln!("could not put swap {dev} back: {out:?}");
+            }
+        }
+    }
+}
+
+/// `--zram-swap`: a node without swap gets a zram device as swap (sized, compressed),
+/// once; uninstall takes it away; a node with swap keeps its own; a bad size is refused.
+#[test]
+#[ignore = "needs the real stack (root, containerd 1.7 and 2.x, CRIU, runc, busybox, docker, make build's binaries): make test runs it"]
+fn zram_swap_for_a_node_without_swap() {
+    let _turn = THIS_HOST.lock().unwrap_or_else(|e| e.into_inner());
+    let node = Node::new();
+    node.add_binary(CONTAINERD17, "/usr/bin/containerd");
+    for bin in ["mkswap", "swapon", "swapoff"] {
+        node.add_binary(&format!("/usr/sbin/{bin}"), &format!("/usr/sbin/{bin}"));
+    }
+    let default = common::run(CONTAINERD17, &["config", "default"])
+        .ok()
+        .stdout;
+    node.write("/etc/containerd/config.toml", &default);
+    // A node's /dev is the kernel's devtmpfs, where a new zram device appears.
+    let dev = node.path("/dev");
+    std::fs::create_dir_all(&dev).expect("dev");
+    let dev = dev.display().to_string();
+    let out = common::run("mount", &["--bind", "/dev", &dev]);
+    assert_eq!(out.code, 0, "{out:?}");
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = common::run("umount", &["-l", &self.0]);
+        }
+    }
+    let _unmount = Unmount(dev);
+
+    let bad = lwnode(&node, &["install", "--zram-swap", "lots"]);
+    assert!(
+        bad.code != 0 && bad.stderr.contains("expected a size such as 512M"),
+        "{bad:?}"
+    );
+
+    // This host's own swap is set aside for the test, and put back whatever happens.
+    let host = swaps();
+    let _back = SwapBack(host.clone());
+    for dev in &host {
+        let out = common::run("swapoff", &[dev]);
+        assert_eq!(out.code, 0, "swapoff {dev}: {out:?}");
+    }
+    assert!(swaps().is_empty());
+
+    let out = ok(lwnode(&node, &["install", "--zram-swap", "256Mi"]));
+    let ours: Vec<String> = swaps();
+    assert_eq!(ours.len(), 1, "{ours:?}\n{}", out.stdout);
+    let dev = ours[0].trim_start_matches("/dev/").to_string();
+    assert!(dev.starts_with("zram"), "{dev}");
+    assert!(
+        out.stdout
+            .contains(&format!("swap: /dev/{dev}, 256M of zram")),
+        "{}",
+        out.stdout
+    );
+    let size = std::fs::read_to_string(format!("/sys/block/{dev}/disksize")).expect("disksize");
+    assert_eq!(size.trim(), (256u64 << 20).to_string());
+
+    let again = ok(lwnode(&node, &["install", "--zram-swap", "256M"]));
+    assert!(
+        again.stdout.contains("from an earlier install")
+            && again.stdout.contains("nothing changed"),
+        "{}",
+        again.stdout
+    );
+    assert_eq!(swaps(), ours, "a second install set up another device");
+
+    ok(lwnode(&node, &["uninstall"]));
+    assert!(swaps().is_empty(), "uninstall left swap on: {:?}", swaps());
+    let left = std::fs::read_to_string(format!("/sys/block/{dev}/disksize")).unwrap_or_default();
+    assert!(
+        left.trim().is_empty() || left.trim() == "0",
+        "/dev/{dev} was not reset"
+    );
+
+    // A node with swap of its own keeps it, and gets no zram.
+    drop(_back);
+    if !host.is_empty() {
+        let out = ok(lwnode(&node, &["install", "--zram-swap", "256M"]));
+        assert!(out.stdout.contains("no zram set up"), "{}", out.stdout);
+        assert_eq!(swaps(), host);
+        ok(lwnode(&node, &["uninstall"]));
+        assert_eq!(swaps(), host, "uninstall took the node's own swap");
+    }
+}
