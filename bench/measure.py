@@ -22,6 +22,7 @@ bench/results/only-<sections>.json instead; --herd-n sets N of the herd (10 with
 else 50).
 """
 
+import hashlib
 import json
 import os
 import platform
@@ -31,6 +32,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -194,6 +196,33 @@ def meminfo_kib():
     return out
 
 
+# Kernel memory that is held, not cache: unreclaimable slab (sockets, netns, cgroups,
+# mounts), kernel stacks, page tables, per-CPU areas.
+KERNEL_HELD = ("SUnreclaim", "KernelStack", "PageTables", "Percpu")
+
+
+def kernel_held_kib(m):
+    return sum(m.get(k, 0) for k in KERNEL_HELD)
+
+
+def daemons_rss_kib():
+    """RSS of dockerd and containerd (the host's), whose per-container state any runtime pays."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                comm = f.read().strip()
+            if comm not in ("dockerd", "containerd"):
+                continue
+            m = proc_mem_kib(int(pid))
+            total += (m or {}).get("rss") or 0
+        except OSError:
+            continue
+    return total
+
+
 def pct(xs, p):
     xs = sorted(x for x in xs if x is not None)
     if not xs:
@@ -242,6 +271,52 @@ def cold_docker_start(runtime, image_cmd, n):
         out.append((time.perf_counter() - t0) * 1000)
     rm(name)
     return out
+
+
+def podman_baseline(n_cold, n):
+    """The peer: podman (Debian 12's 4.3.1, runc, the same CRIU) running the same busybox
+    httpd. Cold start (`podman run` to first byte), `podman container checkpoint`, and
+    `podman container restore` to first byte (podman has no wake on connection: the
+    restore is asked for, then the client connects). None without podman."""
+    if not shutil.which("podman"):
+        log("podman not installed (make bench-deps): no podman baseline")
+        return None
+    image = BUSYBOX[0]
+    have = subprocess.run(["podman", "image", "exists", image]).returncode == 0
+    if not have:
+        subprocess.run(f"{DOCKER} save {image} | podman load -q", shell=True, check=True,
+                       capture_output=True, timeout=300)
+    name = f"{PREFIX}podman"
+    podman = ["podman", "--runtime", "runc"]
+
+    def prm():
+        subprocess.run(podman + ["rm", "-f", "-t", "0", name], capture_output=True, timeout=120)
+
+    res = {"cold_ms": [], "checkpoint_ms": [], "restore_ms": [], "version": sh("podman", "--version")}
+    for _ in range(n_cold):
+        prm()
+        port = free_port()
+        t0 = time.perf_counter()
+        sh(*podman, "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080", *BUSYBOX)
+        wait_serving("127.0.0.1", port)
+        res["cold_ms"].append((time.perf_counter() - t0) * 1000)
+    prm()
+    port = free_port()
+    sh(*podman, "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080", *BUSYBOX)
+    wait_serving("127.0.0.1", port)
+    for _ in range(n):
+        t0 = time.perf_counter()
+        sh(*podman, "container", "checkpoint", name, timeout=120)
+        res["checkpoint_ms"].append((time.perf_counter() - t0) * 1000)
+        time.sleep(0.2)
+        t0 = time.perf_counter()
+        sh(*podman, "container", "restore", name, timeout=120)
+        if request("127.0.0.1", port) is None:
+            FAILED.append(("podman restore", "no answer"))
+            continue
+        res["restore_ms"].append((time.perf_counter() - t0) * 1000)
+    prm()
+    return res
 
 
 def sleep_wake_cycles(name, image_cmd, n, lazy, env=(), counter=False, awake_n=0):
@@ -326,13 +401,24 @@ def density(n, mib=100):
         sleep_ms.append(lw_sleep(cid)["last_sleep_ms"])
     time.sleep(3)
     asleep = meminfo_kib()
+    daemons_asleep = daemons_rss_kib()
     shims = [proc_mem_kib(shim_pid(cid)) for cid in cids]
     images_kib = 0
     for cid in cids:
         d = status(cid)["config"]["image_dir"]
         images_kib += int(sh("du", "-sk", d).split()[0])
     wakes = [checked(f"{name} density wake", ip, 8080, expect=2) for name, ip in zip(names, ips)]
+    # Put back to sleep, then removed: what the kernel and the daemons held for the N
+    # sleeping containers is what the removal gives back (images and shims gone too).
+    for cid in cids:
+        lw_sleep(cid)
+    time.sleep(3)
+    asleep2 = meminfo_kib()
+    daemons_asleep2 = daemons_rss_kib()
     rm(*names)
+    time.sleep(3)
+    gone = meminfo_kib()
+    daemons_gone = daemons_rss_kib()
 
     # Baseline: what the smallest container costs under the default runtime (busybox
     # httpd, awake), and how much of that is the runc shim: the rest is Docker's own
@@ -346,8 +432,12 @@ def density(n, mib=100):
         wait_serving(container_ip(name), 8080)
     time.sleep(2)
     b1 = meminfo_kib()
+    b1_daemons = daemons_rss_kib()
     runc_shims = [proc_mem_kib(shim_pid(cid)) for cid in bcids]
     rm(*base)
+    time.sleep(3)
+    b2 = meminfo_kib()
+    b2_daemons = daemons_rss_kib()
 
     def per(a, b):
         return (a - b) / n / 1024
@@ -367,6 +457,15 @@ def density(n, mib=100):
         "runc_shim_pss_per_container_kib": med([s["pss"] for s in runc_shims if s]),
         "runc_shim_anon_per_container_kib": med([s["anon"] for s in runc_shims if s]),
         "shim_anon_per_container_kib": med([s["anon"] for s in shims if s]),
+        # The honest figure: per sleeping container, the shim's PSS, plus the kernel memory
+        # held for it (unreclaimable slab, stacks, page tables, per-CPU), plus what dockerd
+        # and containerd keep, each measured as what removing the N gives back.
+        "kernel_held_per_asleep_kib": (kernel_held_kib(asleep2) - kernel_held_kib(gone)) / n,
+        "kernel_held_by_kind_per_asleep_kib": {k: (asleep2.get(k, 0) - gone.get(k, 0)) / n for k in KERNEL_HELD},
+        "daemons_per_asleep_kib": (daemons_asleep2 - daemons_gone) / n,
+        "daemons_first_asleep_kib": daemons_asleep,
+        "runc_kernel_held_per_awake_kib": (kernel_held_kib(b1) - kernel_held_kib(b2)) / n,
+        "runc_daemons_per_awake_kib": (b1_daemons - b2_daemons) / n,
         "sleep_ms_p50": med(sleep_ms),
         "wake_ms_p50": med(wakes),
         "woke_with_state": sum(1 for w in wakes if w is not None),
@@ -558,13 +657,75 @@ def doze_cycles(name, image_cmd, n, env=(), counter=False):
     return res
 
 
-def doze(n, sizes):
+JDK = "/usr/lib/jvm/java-17-openjdk-amd64"
+JVM_IMAGE = "lightwhale-bench/jvm:latest"
+JVM = [JVM_IMAGE, f"{JDK}/bin/java", "-Xmx512m", "-XX:+UseSerialGC", "-cp", "/app", "Counter"]
+
+
+def jvm_image():
+    """bench/jvm/Counter.java in an image built from the host's JDK 17 (Debian's
+    openjdk-17-jdk-headless): the JDK, its libraries, busybox. None without a JDK."""
+    src = os.path.join(HERE, "jvm", "Counter.java")
+    if not os.path.exists(f"{JDK}/bin/javac"):
+        log(f"no JDK at {JDK} (openjdk-17-jdk-headless): no JVM row")
+        return None
+    with open(src, "rb") as f:
+        stamp = "jvm counter " + hashlib.sha256(f.read()).hexdigest()[:16]
+    have = subprocess.run([DOCKER, "image", "inspect", "-f", "{{.Comment}}", JVM_IMAGE],
+                          capture_output=True, text=True)
+    if have.returncode == 0 and have.stdout.strip() == stamp:
+        return JVM_IMAGE
+    root = tempfile.mkdtemp(prefix="lwbench-jvm-")
+    try:
+        sh(f"{JDK}/bin/javac", "-d", f"{root}/app", src)
+        # The JDK with its links into /etc and /usr/share followed (-h), then every
+        # shared library its programs and libraries load.
+        subprocess.run(f"tar -C / -chf - {JDK[1:]} 2>/dev/null | tar -C {root} -xf -", shell=True, check=True)
+        libs = set()
+        for dirpath, _, files in os.walk(f"{root}{JDK}"):
+            for name in files:
+                if name.endswith(".so") or name == "java":
+                    out = subprocess.run(["ldd", os.path.join(dirpath, name)], capture_output=True, text=True).stdout
+                    libs.update(m for m in re.findall(r"(/[^ ]+\.so[^ ]*) \(0x", out))
+        for lib in libs:
+            if lib.startswith(JDK) or not os.path.exists(lib):
+                continue
+            dst = root + os.path.realpath(lib)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.copy2(os.path.realpath(lib), dst)
+            if os.path.realpath(lib) != lib:
+                link = root + lib
+                os.makedirs(os.path.dirname(link), exist_ok=True)
+                if not os.path.lexists(link):
+                    os.symlink(os.path.realpath(lib), link)
+        for d in ("bin", "tmp", "etc", "proc", "sys", "dev"):
+            os.makedirs(f"{root}/{d}", exist_ok=True)
+        os.chmod(f"{root}/tmp", 0o1777)
+        shutil.copy2("/bin/busybox", f"{root}/bin/busybox")
+        os.symlink("busybox", f"{root}/bin/sh")
+        with open(f"{root}/etc/passwd", "w") as f:
+            f.write("root:x:0:0:root:/:/bin/sh\n")
+        subprocess.run(f"tar -C {root} --numeric-owner -cf - . | {DOCKER} import -m '{stamp}' - {JVM_IMAGE}",
+                       shell=True, check=True, capture_output=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    log(f"built {JVM_IMAGE} from {JDK}")
+    return JVM_IMAGE
+
+
+def doze(n, sizes, n_cold):
     out = {"busybox": doze_cycles(f"{PREFIX}doze-small", BUSYBOX, n)}
     rm(f"{PREFIX}doze-small")
     for mib in sizes:
         out[f"python {mib} MiB"] = doze_cycles(f"{PREFIX}doze{mib}", PYTHON, max(5, n // 4),
                                               env=[f"MEMORY_MIB={mib}"], counter=True)
         rm(f"{PREFIX}doze{mib}")
+    if jvm_image():
+        env = ["HEAP_MIB=200"]
+        r = doze_cycles(f"{PREFIX}doze-jvm", JVM, max(5, n // 4), env=env, counter=True)
+        rm(f"{PREFIX}doze-jvm")
+        r["cold_ms"] = cold_docker_run("runc", JVM, n_cold, env=env)
+        out["jvm 200 MiB heap"] = r
     return out
 
 
@@ -661,6 +822,7 @@ def main():
             "docker_start_runc_ms": cold_docker_start("runc", BUSYBOX, n_cold),
             "docker_start_lightwhale_ms": cold_docker_start("lightwhale", BUSYBOX, n_cold),
         }
+        lat["podman"] = podman_baseline(n_cold, max(8, n_small // 2))
         auto = sleep_wake_cycles(f"{PREFIX}small-auto", BUSYBOX, n_small, "auto", awake_n=n_small)
         lazy = sleep_wake_cycles(f"{PREFIX}small-lazy", BUSYBOX, max(8, n_small // 2), "on")
         rm(f"{PREFIX}small-auto", f"{PREFIX}small-lazy")
@@ -715,7 +877,7 @@ def main():
     # 8. the doze tier: frozen in place, memory paged out, thawed by the next connection
     if "doze" in only:
         log("8/8 doze: thaw to first byte and dozing memory (busybox, python 16/200 MiB)")
-        res["doze"] = doze(10 if quick else 40, (16, 200))
+        res["doze"] = doze(10 if quick else 40, (16, 200), n_cold)
 
     if "latency" in res:
         lat = res["latency"]
@@ -804,6 +966,11 @@ def print_latency(lat):
             ("wake to first byte, lazy pages forced", lat["wake_lazy_ms"]),
             ("awake request (connect to first byte)", lat["awake_ms"]),
             ("sleep (checkpoint, the shim's measure)", lat["sleep_ms"])]
+    pm = lat.get("podman")
+    if pm:
+        rows += [(f"peer: cold start, `podman run` to first byte ({pm['version']}, runc)", pm["cold_ms"]),
+                 ("peer: `podman container checkpoint`", pm["checkpoint_ms"]),
+                 ("peer: `podman container restore` to first byte", pm["restore_ms"])]
     for label, xs in rows:
         digits = 2 if label.startswith("awake") else 0
         print(f"| {label} | {fmt(pct(xs, 50), digits)} | {fmt(pct(xs, 99), digits)} | {len(xs)} |")
@@ -845,6 +1012,15 @@ def print_density(d):
     print(f"| all asleep | {d['mem_available_asleep_mib']:.0f} MiB | **{d['per_container_asleep_mib']:.1f} MiB** |")
     print(f"| baseline: {d['n']} busybox httpd under runc, awake | | {d['runc_busybox_per_container_mib']:.1f} MiB "
           f"(runc shim anonymous {d['runc_shim_anon_per_container_kib']} KiB) |")
+    shim = d["shim_pss_per_container_kib"] or 0
+    total = shim + d["kernel_held_per_asleep_kib"] + d["daemons_per_asleep_kib"]
+    print(f"\nWhat one sleeping container costs the host, measured as what removing the {d['n']} gives back: "
+          f"shim PSS {shim:.0f} KiB + kernel memory held {d['kernel_held_per_asleep_kib']:.0f} KiB "
+          f"({', '.join(f'{k} {v:.0f}' for k, v in d['kernel_held_by_kind_per_asleep_kib'].items())}) + "
+          f"dockerd/containerd {d['daemons_per_asleep_kib']:.0f} KiB = **{total / 1024:.2f} MiB**; "
+          f"checkpoint images {d['images_per_container_mib']:.0f} MiB on disk. Baseline, one awake busybox "
+          f"under runc: kernel {d['runc_kernel_held_per_awake_kib']:.0f} KiB, daemons "
+          f"{d['runc_daemons_per_awake_kib']:.0f} KiB, its shim PSS {d['runc_shim_pss_per_container_kib']} KiB.")
     print(f"\nAsleep, per container: shim PSS {d['shim_pss_per_container_kib']} KiB (private "
           f"{d['shim_private_per_container_kib']} KiB, anonymous {d['shim_anon_per_container_kib']} KiB); checkpoint images {d['images_per_container_mib']:.0f} MiB on disk; "
           f"MemFree drop {d['per_container_asleep_memfree_mib']:.1f} MiB (page cache of the images included). "
@@ -903,6 +1079,11 @@ def print_doze(dz):
               f"| {dozing / 1048576:.1f} MiB | {share} | {len(r['thaw_ms'])} |")
         if not r["reclaimed"]:
             print(f"\n{label}: memory not reclaimed: {r['note']}")
+    for label, r in dz.items():
+        if r.get("cold_ms"):
+            cold, thaw = med(r["cold_ms"]), med(r["thaw_ms"])
+            print(f"\n{label}: cold start (`docker run` under runc, to first byte) p50 {fmt(cold)} ms; "
+                  f"thaw to first byte p50 {fmt(thaw, 2)} ms: 1/{fmt(cold / thaw) if thaw else '-'} of it.")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@
 #   - containerd 2.x beside 1.7 (Debian unstable's, unpacked under /opt/lightwhale/containerd2,
 #     its own root, state, socket and CNI network), for the CRI tests against both
 #   - swap: a zram device on a host without swap (the doze tier pages memory out to it)
-#   --bench: also what bench/measure.py uses (wrk, python3-matplotlib for the plot)
+#   --bench: also what bench/measure.py uses (wrk, python3-matplotlib for the plot, and
+#     podman with runc as the checkpoint/restore peer it is compared with)
 set -euo pipefail
 bench=0
 for arg in "$@"; do
@@ -59,7 +60,7 @@ ver_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -1)" = "$2" ]; }
 need_pkgs ca-certificates curl jq iproute2 iptables runc busybox-static xz-utils procps bsdutils \
   python3 python3.11 dpkg-dev gcc libc6-dev python3-tomlkit protobuf-compiler \
   containernetworking-plugins
-[ $bench = 1 ] && need_pkgs wrk python3-matplotlib
+[ $bench = 1 ] && need_pkgs wrk python3-matplotlib podman
 
 # --- CRIU ----------------------------------------------------------------------------
 criu_ok() {
