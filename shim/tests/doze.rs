@@ -133,21 +133,11 @@ fn an_idle_container_dozes_and_the_next_request_thaws_it() {
 fn lightwhale_doze_dozes_now_and_a_bad_value_is_refused() {
     require_stack("doze by hand");
     // Asked by hand, with no doze-after: it dozes all the same, and thaws on a request.
-    let name = unique("lwt-dozecli");
-    let _cleanup = Cleanup(vec![name.clone()]);
-    let port = free_port();
-    let publish = format!("127.0.0.1:{port}:8080");
-    let id = run_lw(
-        &name,
-        "1h",
-        Some(&publish),
-        &[],
-        &[IMAGE, "httpd", "-f", "-p", "8080", "-h", "/www"],
-    );
+    let (_cleanup, port, id) = run_published("lwt-dozecli", "1h", &[], &HTTPD);
     wait_get(port, Duration::from_secs(30));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let out = run("lightwhale", &["doze", &name]);
+        let out = run("lightwhale", &["doze", &id]);
         if out.code == 0 && out.stdout.contains("dozing") {
             break;
         }

@@ -19,17 +19,7 @@ fn a_subscriber_sees_sleep_and_wake() {
         .stderr(Stdio::null())
         .spawn()
         .expect("ctr events");
-    let name = unique("events");
-    let _c = Cleanup(vec![name.clone()]);
-    let port = free_port();
-    let publish = format!("127.0.0.1:{port}:8080");
-    let id = run_lw(
-        &name,
-        "1h",
-        Some(&publish),
-        &[],
-        &[IMAGE, "httpd", "-f", "-p", "8080", "-h", "/www"],
-    );
+    let (_c, port, id) = run_published("events", "1h", &[], &HTTPD);
     assert!(http_get(port).contains("hello"));
     sleep_now(&id);
     assert!(try_get(port, Duration::from_secs(20)).is_some(), "woken");

@@ -160,17 +160,7 @@ fn ids(samples: &[Sample]) -> std::collections::BTreeSet<String> {
 #[ignore = "needs the real stack (root, runc, CRIU, containerd, dockerd): make test runs it"]
 fn one_sleep_and_one_wake_move_the_counters_by_one() {
     require_stack("lightwhale metrics");
-    let name = unique("metrics");
-    let _c = Cleanup(vec![name.clone()]);
-    let port = free_port();
-    let publish = format!("127.0.0.1:{port}:8080");
-    let id = run_lw(
-        &name,
-        "1h",
-        Some(&publish),
-        &[],
-        &[IMAGE, "httpd", "-f", "-p", "8080", "-h", "/www"],
-    );
+    let (_c, port, id) = run_published("metrics", "1h", &[], &HTTPD);
     assert!(wait_get(port, Duration::from_secs(20)).contains("hello from lightwhale"));
     let mine = Some(id.as_str());
 

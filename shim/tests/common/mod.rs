@@ -377,6 +377,26 @@ pub fn run_lw(
     docker(&args).ok().trimmed().to_string()
 }
 
+/// A container under lightwhale (idle timeout `idle`, `extra` docker arguments, `cmd`)
+/// named after `prefix` and published on a free loopback port: its cleanup (it is removed
+/// when that drops), the port, and its id.
+pub fn run_published(
+    prefix: &str,
+    idle: &str,
+    extra: &[&str],
+    cmd: &[&str],
+) -> (Cleanup, u16, String) {
+    let name = unique(prefix);
+    let cleanup = Cleanup(vec![name.clone()]);
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:8080");
+    let id = run_lw(&name, idle, Some(&publish), extra, cmd);
+    (cleanup, port, id)
+}
+
+/// busybox's httpd on port 8080, serving the test image's /www.
+pub const HTTPD: [&str; 7] = [IMAGE, "httpd", "-f", "-p", "8080", "-h", "/www"];
+
 /// GET / until a service that is still starting answers 200 (at most `timeout`).
 pub fn wait_get(port: u16, timeout: Duration) -> String {
     let deadline = Instant::now() + timeout;
