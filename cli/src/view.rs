@@ -119,11 +119,16 @@ pub fn ps_row(e: &Entry, name: Option<&str>, now_ms: u64) -> [String; 11] {
         age(s.since_unix_ms, now_ms),
         ms(s.last_sleep_ms),
         ms(s.last_wake_ms),
-        // Memory freed means something only while the container is asleep.
-        if s.state == State::Asleep {
-            mib(s.memory_freed_bytes)
-        } else {
-            "-".into()
+        // Memory freed means something only while the container is asleep, or dozing
+        // (what its page-out gave back, its compressed copy counted against it).
+        match (s.state, &s.doze) {
+            (State::Asleep, _) => mib(s.memory_freed_bytes),
+            (State::Dozing, Some(d)) if d.reclaimed => {
+                mib(Some(d.rss_before_bytes.saturating_sub(
+                    d.rss_after_bytes + d.swap_compressed_bytes.unwrap_or(d.swap_bytes),
+                )))
+            }
+            _ => "-".into(),
         },
         s.sleeps.to_string(),
         s.wakes.to_string(),
@@ -232,6 +237,24 @@ mod tests {
         assert!(line.contains("web") && line.contains("12.0MiB"), "{line}");
         assert!(line.contains("5s") && line.contains("850ms"), "{line}");
         assert!(table.starts_with("CONTAINER"), "{table}");
+    }
+
+    #[test]
+    fn a_dozing_row_shows_what_its_page_out_gave_back() {
+        let mut e = entry(State::Dozing);
+        e.status.doze = Some(lightwhale_status::DozeRecord {
+            rss_before_bytes: 200 << 20,
+            rss_after_bytes: 10 << 20,
+            swap_bytes: 190 << 20,
+            swap_compressed_bytes: Some(20 << 20),
+            reclaimed: true,
+            ..Default::default()
+        });
+        let row = ps_row(&e, None, 0);
+        assert_eq!(row[3], "dozing");
+        assert_eq!(row[7], "170.0MiB", "200 MiB resident, 10 left, 20 in zram");
+        e.status.doze.as_mut().expect("doze").reclaimed = false;
+        assert_eq!(ps_row(&e, None, 0)[7], "-", "frozen only: nothing freed");
     }
 
     #[test]

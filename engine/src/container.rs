@@ -120,9 +120,9 @@ pub(crate) struct Record {
     /// While Asleep (and Waking): the sockets the shim holds for the task.
     pub held: Option<Held>,
     /// While Dozing: its freezer and the watch on its sockets.
-    pub doze: Option<crate::doze::DozeHold>,
-    /// What the dozes have left resident (see `doze::WorkingSet`).
-    pub working_set: crate::doze::WorkingSet,
+    pub doze: Option<crate::hold::DozeHold>,
+    /// What the dozes have left resident (see `pageout::WorkingSet`).
+    pub working_set: crate::pageout::WorkingSet,
     pub fill: Option<Fill>,
     /// Resources sent by Update while asleep, applied at wake.
     pub pending_update: Option<PathBuf>,
@@ -580,7 +580,7 @@ impl Container {
         };
         // A task that ended while frozen (killed from outside): the rest of its cgroup
         // must run to end too.
-        if let Some(Err(e)) = doze.map(crate::doze::DozeHold::release) {
+        if let Some(Err(e)) = doze.map(crate::hold::DozeHold::release) {
             warn!(id = %self.id, "thaw at exit: {e}");
         }
         let from_sleep = held.is_some() || dumping.is_some();

@@ -10,7 +10,7 @@
 //! checkpoint, the sleep after `idle-timeout`) thaws it first and goes on from Awake.
 //! When to doze is the monitor's call; this is the mechanism.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,57 +21,14 @@ use lightwhale_status::{DozeRecord, THAW_BUCKETS};
 use crate::container::{ms, Container};
 use crate::events::{Event, Trigger};
 use crate::freezer::{FreezeError, Freezer};
-use crate::hold::Held;
-use crate::pageout;
+use crate::hold::{DozeHold, Held};
+use crate::pageout::{self, keep_working_set, WorkingSet};
 use crate::sleep::Refusal;
 use crate::sockets;
 use crate::state::{State, Transition};
 
 /// How long a freeze may take before the doze is given up (the task thawed).
 const FREEZE_LIMIT: Duration = Duration::from_secs(2);
-
-/// What the last full page-out left, for the next doze to keep the working set: after a
-/// full page-out, every page resident at the next doze was touched since (faulted back in
-/// by a request, or new). Paging those out again would make each thaw fault them back
-/// (measured: first byte 7-9 ms for a python service after a full page-out, against
-/// 1.5 ms for a task whose pages stay); so the next dozes keep them, while they stay
-/// few, and every [`FULL_PAGEOUT_EVERY`]th doze pages everything out again, so that pages
-/// touched once do not stay resident for ever.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct WorkingSet {
-    pub dozes_since_full: u32,
-    /// Resident bytes right after the last full page-out (0: none yet).
-    pub resident_after_full: u64,
-}
-
-/// Every this many dozes, a full page-out (see [`WorkingSet`]).
-pub const FULL_PAGEOUT_EVERY: u32 = 8;
-/// The most a kept working set may have grown since the last full page-out.
-pub const WORKING_SET_MAX: u64 = 32 << 20;
-
-/// Whether this doze keeps what is resident (`resident` bytes now) rather than paging out.
-fn keep_working_set(ws: &WorkingSet, resident: u64) -> bool {
-    ws.resident_after_full > 0
-        && ws.dozes_since_full + 1 < FULL_PAGEOUT_EVERY
-        && resident <= ws.resident_after_full + WORKING_SET_MAX
-}
-
-/// A doze in force: what thawing it needs.
-pub(crate) struct DozeHold {
-    freezer: Freezer,
-    /// The watch on the task's sockets (set once the task is frozen).
-    held: Option<Held>,
-    /// Set by the thaw: a page-out under way stops.
-    cancel: Arc<AtomicBool>,
-}
-
-impl DozeHold {
-    /// Lets the task run again (the watch goes with the hold).
-    pub(crate) fn release(self) -> Result<(), FreezeError> {
-        self.cancel.store(true, Ordering::Relaxed);
-        self.freezer.thaw()
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DozeError {
@@ -331,30 +288,5 @@ impl Container {
             took_us: (took_ms * 1000.0) as u64,
         });
         true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_working_set_is_kept_while_small_and_renewed_every_few_dozes() {
-        let none = WorkingSet::default();
-        assert!(!keep_working_set(&none, 1 << 20), "no full page-out yet");
-        let ws = WorkingSet {
-            dozes_since_full: 0,
-            resident_after_full: 10 << 20,
-        };
-        assert!(keep_working_set(&ws, 14 << 20), "4 MiB touched since: kept");
-        assert!(
-            !keep_working_set(&ws, (10 << 20) + WORKING_SET_MAX + 1),
-            "grown past the bound: paged out"
-        );
-        let old = WorkingSet {
-            dozes_since_full: FULL_PAGEOUT_EVERY - 1,
-            ..ws
-        };
-        assert!(!keep_working_set(&old, 11 << 20), "renewed every few dozes");
     }
 }

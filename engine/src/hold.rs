@@ -1,10 +1,13 @@
-//! The sockets the shim holds while a task sleeps, and the watch on them that wakes it.
+//! The sockets the shim holds while a task sleeps, and the watch on them that wakes it;
+//! and what a doze holds (the freezer it thaws, the same watch).
 //!
 //! Listening sockets keep completing handshakes into their queues while no process of
 //! the task exists; held established connections keep their peers from seeing a close.
 //! A new connection on a listener, or data on a held connection, makes one readable.
 
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::io::unix::AsyncFd;
@@ -12,6 +15,7 @@ use tokio::io::Interest;
 use tokio::task::JoinHandle;
 use tracing::warn;
 
+use crate::freezer::{FreezeError, Freezer};
 use crate::sockets;
 
 pub struct Held {
@@ -104,6 +108,23 @@ impl Drop for Held {
         }
         // The probe listeners go before the held ones: what is queued on them moves on.
         drop(self.responder.take());
+    }
+}
+
+/// A doze in force: what thawing it needs.
+pub struct DozeHold {
+    pub(crate) freezer: Freezer,
+    /// The watch on the task's sockets (set once the task is frozen).
+    pub(crate) held: Option<Held>,
+    /// Set by the thaw: a page-out under way stops.
+    pub(crate) cancel: Arc<AtomicBool>,
+}
+
+impl DozeHold {
+    /// Lets the task run again (the watch goes with the hold).
+    pub fn release(self) -> Result<(), FreezeError> {
+        self.cancel.store(true, Ordering::Relaxed);
+        self.freezer.thaw()
     }
 }
 
