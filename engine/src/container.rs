@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -170,6 +170,10 @@ pub struct Container {
     state_tx: watch::Sender<State>,
     /// Rung when the exit of the task being dumped arrives.
     pub(crate) dump_exited: Notify,
+    /// Kills of the init under way, and a bell when one ends: init's exit is reported
+    /// only once the kill that caused it was answered (see `finish_process`).
+    pub(crate) kills_in_flight: AtomicUsize,
+    pub(crate) kill_answered: Notify,
     /// Activity the monitor cannot see in counters (an exec, a wake).
     activity: AtomicBool,
     /// The monitor's last verdict: idle long enough to sleep (its pod reads it).
@@ -177,6 +181,19 @@ pub struct Container {
     pub(crate) deleted: AtomicBool,
     /// The control socket and the idle monitor, stopped at delete.
     pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The longest an exit waits for the kill that caused it to be answered.
+const KILL_ANSWER_WAIT: Duration = Duration::from_secs(5);
+
+/// A kill of init under way (see [`Container::kill_under_way`]).
+pub(crate) struct KillUnderWay<'a>(&'a Container);
+
+impl Drop for KillUnderWay<'_> {
+    fn drop(&mut self) {
+        self.0.kills_in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.kill_answered.notify_waiters();
+    }
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -254,6 +271,8 @@ impl Container {
             }),
             state_tx: watch::channel(state).0,
             dump_exited: Notify::new(),
+            kills_in_flight: AtomicUsize::new(0),
+            kill_answered: Notify::new(),
             activity: AtomicBool::new(false),
             idle_ready: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
@@ -614,6 +633,13 @@ impl Container {
         if let Some(stdio) = p.stdio() {
             stdio.finish(IO_DRAIN).await;
         }
+        if p.exec_id.is_empty() {
+            // A kill (runc's, a program) may outlive the task it killed. Reported first,
+            // the exit makes containerd's CRI delete the task and close its connection to
+            // the shim while the kill is unanswered: StopContainer then fails with
+            // "ttrpc: closed". Bounded: a kill stuck in the runtime delays no exit long.
+            self.kills_answered(KILL_ANSWER_WAIT).await;
+        }
         let info = ExitInfo { status, at };
         let _order = self.event_order.lock().await;
         p.set_exited(info);
@@ -625,6 +651,26 @@ impl Container {
             status,
             at,
         });
+    }
+
+    /// Waits (at most `limit`) until no kill of init is under way.
+    async fn kills_answered(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let answered = self.kill_answered.notified();
+            if self.kills_in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, answered).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Counts a kill of init as under way until the guard drops.
+    pub(crate) fn kill_under_way(&self) -> KillUnderWay<'_> {
+        self.kills_in_flight.fetch_add(1, Ordering::SeqCst);
+        KillUnderWay(self)
     }
 
     /// Remembers a background task of this container, stopped when it is deleted.

@@ -394,6 +394,7 @@ impl Container {
                 _ => break,
             }
         }
+        let _answering = self.kill_under_way();
         match self.runtime.kill(&self.id, signal as i32, all).await {
             Ok(()) => Ok(()),
             Err(e) if e.is_not_running() || e.is_not_found() || self.init.has_exited() => {

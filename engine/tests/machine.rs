@@ -248,6 +248,7 @@ async fn an_exec_while_waking_waits_for_the_wake() {
     let exec_at = calls.iter().position(|c| c.starts_with("exec"));
     assert!(restore < exec_at, "{calls:?}");
     // The exec ends: reported as the exec's exit, never the container's.
+    eventually("the exec watched", || r.fake.exec_watched(pid)).await;
     r.fake.end_exec(pid, 0);
     eventually("the exec's exit", || !exits(&r.sink.events()).is_empty()).await;
     assert_eq!(exits(&r.sink.events()), vec![("e1".to_string(), 0)]);
@@ -288,6 +289,37 @@ async fn a_stop_during_a_sleep_waits_for_it_and_no_sleep_follows() {
     // SIGTERM ended the fake task.
     eventually("the exit", || r.c.state() == State::Exited).await;
     assert!(matches!(r.c.sleep().await, Err(SleepError::Refused(_))));
+}
+
+/// A kill whose signal ends the task is answered before the task's exit is reported:
+/// containerd's CRI, seeing the exit, deletes the task and closes its connection to the
+/// shim, and a kill still unanswered then fails "ttrpc: closed" (StopContainer failed
+/// once that way in CI). runc's kill is a program that can outlive the task it kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exit_a_kill_causes_is_reported_after_the_kill_returns() {
+    let _serial = SERIAL.lock().await;
+    let r = rig().await;
+    *r.fake
+        .kill_returns_after
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Duration::from_millis(400);
+    eventually("init watched", || r.fake.init_watched()).await;
+    let c = r.c.clone();
+    let kill = tokio::spawn(async move { c.kill("", libc::SIGTERM as u32, false).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!kill.is_finished(), "the kill is still under way");
+    let exited = |r: &fake::Rig| {
+        r.sink
+            .matching(|e| matches!(e, Event::Exited { exec_id, .. } if exec_id.is_empty()))
+            .len()
+    };
+    assert_eq!(
+        exited(&r),
+        0,
+        "the exit was reported while the kill that caused it was unanswered"
+    );
+    kill.await.expect("join").expect("kill");
+    eventually("the exit reported", || exited(&r) == 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use lightwhale_engine::config::{sleep_config, LazyMode, NodeConfig, SleepConfig};
@@ -36,6 +36,9 @@ pub struct Fake {
     /// When set, checkpoint/restore wait for a permit (the test's word) before acting.
     pub checkpoint_gate: Mutex<Option<Arc<Semaphore>>>,
     pub restore_gate: Mutex<Option<Arc<Semaphore>>>,
+    /// How long `kill` takes after the signal ended the task (runc's kill is a program:
+    /// the task may be gone well before it returns).
+    pub kill_returns_after: Mutex<Duration>,
 }
 
 pub fn me() -> i32 {
@@ -67,6 +70,25 @@ impl Fake {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(call);
+    }
+
+    /// Whether the engine watches the current init incarnation yet (an exit before that
+    /// would go unseen: the fake's ends are messages to its waiters).
+    pub fn init_watched(&self) -> bool {
+        !self
+            .init_waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    /// Whether the engine watches exec `pid` yet.
+    pub fn exec_watched(&self, pid: i32) -> bool {
+        self.exec_waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|(p, _)| *p == pid)
     }
 
     /// Ends the current init incarnation with `status`.
@@ -148,6 +170,11 @@ impl OciRuntime for Fake {
         if signal == libc::SIGKILL || signal == libc::SIGTERM {
             self.end_init(128 + signal);
         }
+        let after = *self
+            .kill_returns_after
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        tokio::time::sleep(after).await;
         Ok(())
     }
     async fn delete(&self, _id: &str, _force: bool) -> lightwhale_engine::Result<()> {
