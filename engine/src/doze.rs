@@ -8,6 +8,8 @@
 //! Transitions: Awake → Dozing (claimed and frozen in one step) → Awake (thawed, in one
 //! step). Anything else that needs the task (an exec, a signal, `docker pause`, a
 //! checkpoint, the sleep after `idle-timeout`) thaws it first and goes on from Awake.
+//! A pod's containers doze one by one (nothing is restored, so there is no unit to keep);
+//! their kubelet probes are answered by the shim meanwhile, as while the pod sleeps.
 //! When to doze is the monitor's call; this is the mechanism.
 
 use std::sync::atomic::AtomicBool;
@@ -34,8 +36,6 @@ const FREEZE_LIMIT: Duration = Duration::from_secs(2);
 pub enum DozeError {
     #[error("{0}")]
     Refused(#[from] Refusal),
-    #[error("pod members do not doze (their kubelet probes would thaw them): they sleep")]
-    PodMember,
     #[error("freeze: {0}")]
     Freeze(#[from] FreezeError),
     #[error("list the task's processes: {0}")]
@@ -52,9 +52,6 @@ impl Container {
         if let Some(r) = self.static_refusal() {
             return Err(r.into());
         }
-        if self.pod.group().is_some() {
-            return Err(DozeError::PodMember);
-        }
         match self.settled().await {
             State::Dozing => return Ok(()),
             State::Awake => {}
@@ -65,8 +62,21 @@ impl Container {
         }
         // Something must listen for a connection to thaw it.
         self.check_listeners()?;
+        // A pod's probes are answered while it dozes, as while it sleeps, with what the
+        // app answers now: they must not thaw it every period.
+        if let (Some(_), Some(netns)) = (self.pod.group(), &self.netns_path) {
+            crate::probes::refresh(&self.probes, netns).await;
+        }
         let pid = self.init.pid();
         let freezer = Freezer::of_pid(pid)?;
+        // The listeners first, while the task runs: a pod's node connections (its probes)
+        // go to the shim from here on, never into the queue of a task about to freeze.
+        let pids = self
+            .runtime
+            .ps(&self.id)
+            .await
+            .map_err(|e| DozeError::Ps(e.to_string()))?;
+        let mut held = self.hold_listeners(&pids, pid)?;
         let cancel = Arc::new(AtomicBool::new(false));
         let t0 = Instant::now();
         // Claimed and frozen in one step, under the record's lock: a thaw (which takes
@@ -110,8 +120,8 @@ impl Container {
                 return Err(DozeError::Ps(e.to_string()));
             }
         };
-        match self.watch_while_dozing(&pids, pid) {
-            Ok(held) => {
+        match self.watch_connections(&mut held, &pids, pid) {
+            Ok(()) => {
                 let mut r = self.lock();
                 let dozing = r.status.state == State::Dozing;
                 match r.doze.as_mut() {
@@ -201,43 +211,63 @@ impl Container {
         Ok(())
     }
 
-    /// Duplicates of the task's listeners and open connections, watched: the first to
-    /// turn readable thaws the task.
-    fn watch_while_dozing(self: &Arc<Self>, pids: &[i32], pid: i32) -> Result<Held, DozeError> {
+    /// Duplicates of the task's listeners, held while it dozes; for a pod, with the
+    /// shim's probe listener in their reuseport group (see `probes`).
+    fn hold_listeners(self: &Arc<Self>, pids: &[i32], pid: i32) -> Result<Held, DozeError> {
         let listeners = sockets::listeners(pid, &self.config.ports);
-        let established = sockets::established(pid);
-        let mut inodes: Vec<u64> = listeners.iter().map(|l| l.inode).collect();
-        inodes.extend(&established);
+        let inodes: Vec<u64> = listeners.iter().map(|l| l.inode).collect();
         let holders = sockets::socket_holders(pids, &inodes);
-        let dup = |inode: &u64| -> Result<Option<std::os::fd::OwnedFd>, DozeError> {
-            match holders.get(inode) {
-                Some(&(hpid, fd)) => sockets::dup_from(hpid, fd)
-                    .map(Some)
-                    .map_err(|e| DozeError::Sockets(e.to_string())),
-                None => Ok(None),
-            }
-        };
+        let probed = self.pod.group().is_some();
         let mut held = Vec::new();
         for l in &listeners {
-            if let Some(fd) = dup(&l.inode)? {
-                held.push((l.port, fd));
+            let Some(&(hpid, fd)) = holders.get(&l.inode) else {
+                continue;
+            };
+            let dup = sockets::dup_from(hpid, fd).map_err(|e| DozeError::Sockets(e.to_string()))?;
+            if probed {
+                sockets::set_reuseport(&dup).map_err(|e| DozeError::Sockets(e.to_string()))?;
             }
+            held.push((l.port, dup));
         }
         if held.is_empty() {
             return Err(Refusal::NoHolder.into());
         }
+        let mut h = Held::new(held, Vec::new());
+        self.answer_probes(&mut h);
+        Ok(h)
+    }
+
+    /// Once frozen: duplicates of its open connections join the held listeners, and all
+    /// of them are watched; the first to turn readable thaws the task. A connection
+    /// with a request the task has not answered yet (it came just before the freeze)
+    /// refuses the doze: nobody would thaw the task for it.
+    fn watch_connections(
+        self: &Arc<Self>,
+        held: &mut Held,
+        pids: &[i32],
+        pid: i32,
+    ) -> Result<(), DozeError> {
+        let established = sockets::established(pid);
+        let holders = sockets::socket_holders(pids, &established);
         let mut conns = Vec::new();
         for inode in &established {
-            conns.extend(dup(inode)?);
+            if let Some(&(hpid, fd)) = holders.get(inode) {
+                let conn =
+                    sockets::dup_from(hpid, fd).map_err(|e| DozeError::Sockets(e.to_string()))?;
+                if sockets::awaiting_reply(&conn).unwrap_or(false) {
+                    return Err(Refusal::InFlight.into());
+                }
+                conns.push(conn);
+            }
         }
-        let mut h = Held::new(held, conns);
+        held.add_conns(conns);
         let weak = Arc::downgrade(self);
-        h.watch(move |seen| {
+        held.watch(move |seen| {
             if let Some(c) = weak.upgrade() {
                 c.thaw_at(Trigger::Connection, seen);
             }
         });
-        Ok(h)
+        Ok(())
     }
 
     /// Takes back a doze that did not get under way (the freeze or the watch failed):

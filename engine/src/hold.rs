@@ -39,6 +39,11 @@ impl Held {
         }
     }
 
+    /// Adds connections to hold (and watch, if the watch starts after).
+    pub fn add_conns(&mut self, conns: Vec<OwnedFd>) {
+        self.conns.extend(conns);
+    }
+
     /// The held listeners, with their ports.
     pub fn listeners(&self) -> Vec<(u16, &OwnedFd)> {
         self.listeners.iter().map(|(p, fd)| (*p, fd)).collect()

@@ -70,7 +70,8 @@ pub fn spawn(c: &Arc<Container>) {
             }
             match c.state() {
                 State::Exited => return,
-                State::Awake | State::Dozing => {}
+                State::Awake => {}
+                State::Dozing => c.note_probes_answered(),
                 State::Paused => {
                     tracker.touch(now);
                     c.set_not_sleeping(Some(NotSleeping::Paused));

@@ -348,8 +348,9 @@ impl Container {
         })
     }
 
-    /// A sleeping pod's kubelet probes are answered by the shim (see `probes`).
-    fn answer_probes(self: &Arc<Self>, held: &mut Held) {
+    /// A sleeping (or dozing) pod's kubelet probes are answered by the shim (see
+    /// `probes`).
+    pub(crate) fn answer_probes(self: &Arc<Self>, held: &mut Held) {
         let (Some(_), Some(netns)) = (self.pod.group(), &self.netns_path) else {
             return;
         };

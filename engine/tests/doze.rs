@@ -167,6 +167,8 @@ async fn data_on_a_kept_open_connection_thaws_it() {
         }
     };
     assert_eq!(ask(&mut conn), "1");
+    // A request answered less than a second ago counts as in flight (as for a sleep).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     s.c.doze().await.expect("doze");
     assert_eq!(s.c.state(), State::Dozing);
     assert_eq!(ask(&mut conn), "2", "data on the open connection thawed it");

@@ -45,6 +45,7 @@ on_both!(
     a_two_container_pod_sleeps_and_wakes_as_one,
     pod_annotations_apply_and_a_container_overrides_them,
     a_container_removed_while_asleep_frees_its_port,
+    a_dozing_pod_answers_its_probes_and_a_request_thaws_it,
 );
 
 const SERVE: Duration = Duration::from_secs(20);
@@ -425,6 +426,73 @@ fn probes_neither_keep_a_pod_awake_nor_wake_it(cri: &Cri) {
     assert_eq!(count(ip, 8080), 2, "{}: state kept", cri.label);
     let s = wait_state("k8s.io", &id, "awake", Duration::from_secs(10));
     assert_eq!(s["wakes"].as_u64().unwrap_or(0), wakes + 1, "{s}");
+}
+
+/// A pod's container dozes after `doze-after` while the kubelet probes it every second:
+/// the shim answers the probes (none thaws it, none fails), and a real request from the
+/// node's address thaws it (no restore: the same process) with its count kept.
+fn a_dozing_pod_answers_its_probes_and_a_request_thaws_it(cri: &Cri) {
+    cri.require();
+    let config = cri.pod_config(
+        "cri-doze",
+        &[
+            ("lightwhale.io/doze-after", "2s"),
+            ("lightwhale.io/idle-timeout", "1h"),
+        ],
+    );
+    let pod = match cri.runp(config) {
+        Ok(pod) => pod,
+        Err(failed) => panic!("{}: runp failed: {:?}", cri.label, failed.out),
+    };
+    let ip = pod.ip();
+    let id = pod
+        .create("web", counter(8080))
+        .unwrap_or_else(|out| panic!("{}: create failed: {out:?}", cri.label));
+    cri.ok(&["start", &id]);
+    assert!(
+        eventually(Duration::from_secs(30), || request(
+            ip, 8080, "/digest", "test"
+        )
+        .is_some()),
+        "{}: the counter did not come up",
+        cri.label
+    );
+    assert_eq!(count(ip, 8080), 1);
+    let pids = processes_of(&id);
+    let mut kubelet = Kubelet::start(ip, 8080, Duration::from_secs(1));
+    let s = wait_state("k8s.io", &id, "dozing", Duration::from_secs(20));
+    assert!(s["doze"].is_object(), "{s}");
+    std::thread::sleep(Duration::from_secs(10));
+    let (failed, sent) = kubelet.stop();
+    let s = lw_status("k8s.io", &id);
+    assert_eq!(
+        s["state"], "dozing",
+        "{}: a probe thawed it: {s}",
+        cri.label
+    );
+    assert_eq!(s["thaws"], 0, "{s}");
+    assert_eq!(failed, 0, "{}: {failed} of {sent} probes failed", cri.label);
+    assert!(
+        eventually(Duration::from_secs(5), || lw_status("k8s.io", &id)
+            ["probes_answered"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 10),
+        "answered by the shim: {}",
+        lw_status("k8s.io", &id)
+    );
+    // A real client from the node's address thaws it: the same processes, the count on.
+    assert_eq!(count(ip, 8080), 2, "{}: state kept", cri.label);
+    assert!(
+        eventually(Duration::from_secs(5), || lw_status("k8s.io", &id)["thaws"]
+            == 1),
+        "{}",
+        lw_status("k8s.io", &id)
+    );
+    let s = lw_status("k8s.io", &id);
+    assert_eq!(s["state"], "awake", "{s}");
+    assert_eq!(s["wakes"], 0, "thawed, not restored: {s}");
+    assert_eq!(processes_of(&id), pids, "the same processes");
 }
 
 /// A service and a sidecar that calls it only when asked: while the service is busy the
