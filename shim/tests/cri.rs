@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cri::{eventually, http_get, try_http_get, Cri, HANDLER};
+use common::cri::{eventually, http_get, try_http_get, Cri, Pod, PodConfig, HANDLER};
 use common::{counter_script, lw_status, processes_of, sleep_now, wait_state, PY_IMAGE};
 use serde_json::json;
 
@@ -305,6 +305,30 @@ fn count(ip: std::net::IpAddr, port: u16) -> u64 {
         .unwrap_or_else(|| panic!("a count from {ip}:{port}"))
 }
 
+/// A pod whose container "web" runs the counter on port 8080, up and counted once: the
+/// pod (removed when it drops), its address, the container's id.
+fn counter_pod(cri: &Cri, config: PodConfig) -> (Pod, std::net::IpAddr, String) {
+    let pod = match cri.runp(config) {
+        Ok(pod) => pod,
+        Err(failed) => panic!("{}: runp failed: {:?}", cri.label, failed.out),
+    };
+    let ip = pod.ip();
+    let id = pod
+        .create("web", counter(8080))
+        .unwrap_or_else(|out| panic!("{}: create failed: {out:?}", cri.label));
+    cri.ok(&["start", &id]);
+    assert!(
+        eventually(Duration::from_secs(30), || request(
+            ip, 8080, "/digest", "test"
+        )
+        .is_some()),
+        "{}: the counter did not come up",
+        cri.label
+    );
+    assert_eq!(count(ip, 8080), 1);
+    (pod, ip, id)
+}
+
 /// Plays the kubelet: an HTTP probe (its User-Agent) and a TCP probe, from the node, every
 /// `period`, until stopped; counts failures.
 struct Kubelet {
@@ -380,24 +404,7 @@ impl Drop for Kubelet {
 fn probes_neither_keep_a_pod_awake_nor_wake_it(cri: &Cri) {
     cri.require();
     let config = cri.pod_config("cri-probes", &[("lightwhale.io/idle-timeout", "3s")]);
-    let pod = match cri.runp(config) {
-        Ok(pod) => pod,
-        Err(failed) => panic!("{}: runp failed: {:?}", cri.label, failed.out),
-    };
-    let ip = pod.ip();
-    let id = pod
-        .create("web", counter(8080))
-        .unwrap_or_else(|out| panic!("{}: create failed: {out:?}", cri.label));
-    cri.ok(&["start", &id]);
-    assert!(
-        eventually(Duration::from_secs(30), || request(
-            ip, 8080, "/digest", "test"
-        )
-        .is_some()),
-        "{}: the counter did not come up",
-        cri.label
-    );
-    assert_eq!(count(ip, 8080), 1);
+    let (pod, ip, id) = counter_pod(cri, config);
     let mut kubelet = Kubelet::start(ip, 8080, Duration::from_secs(1));
     let s = wait_state("k8s.io", &id, "asleep", Duration::from_secs(40));
     assert!(
@@ -440,24 +447,7 @@ fn a_dozing_pod_answers_its_probes_and_a_request_thaws_it(cri: &Cri) {
             ("lightwhale.io/idle-timeout", "1h"),
         ],
     );
-    let pod = match cri.runp(config) {
-        Ok(pod) => pod,
-        Err(failed) => panic!("{}: runp failed: {:?}", cri.label, failed.out),
-    };
-    let ip = pod.ip();
-    let id = pod
-        .create("web", counter(8080))
-        .unwrap_or_else(|out| panic!("{}: create failed: {out:?}", cri.label));
-    cri.ok(&["start", &id]);
-    assert!(
-        eventually(Duration::from_secs(30), || request(
-            ip, 8080, "/digest", "test"
-        )
-        .is_some()),
-        "{}: the counter did not come up",
-        cri.label
-    );
-    assert_eq!(count(ip, 8080), 1);
+    let (_pod, ip, id) = counter_pod(cri, config);
     let pids = processes_of(&id);
     let mut kubelet = Kubelet::start(ip, 8080, Duration::from_secs(1));
     let s = wait_state("k8s.io", &id, "dozing", Duration::from_secs(20));
