@@ -310,7 +310,7 @@ impl Container {
         self.image_root.join("work")
     }
 
-    fn persist(&self, status: &ContainerStatus) {
+    pub(crate) fn persist(&self, status: &ContainerStatus) {
         let path = self.status_path();
         if let Err(e) = lightwhale_status::write_status(&path, status) {
             warn!(id = %self.id, "status file {}: {e}", path.display());

@@ -288,6 +288,17 @@ impl Container {
     /// came. True when this call thawed it.
     pub(crate) fn thaw_at(&self, trigger: Trigger, seen: Instant) -> bool {
         let thawed = self.transition_with(Transition::Thaw, |r| {
+            // The file says awake, with the thaw counted, before the task can run: once
+            // it has answered, nobody reading the file may still see it dozing.
+            r.status.thaws += 1;
+            lightwhale_status::Counters::bump(
+                &mut r.status.counters.thaws_by_trigger,
+                trigger.as_str(),
+            );
+            if let Some(d) = r.status.doze.as_mut() {
+                d.thaw_trigger = Some(trigger.as_str().to_string());
+            }
+            self.persist(&r.status);
             let hold = r.doze.take();
             let result = hold.map(DozeHold::release);
             (result, ms(seen.elapsed()))
@@ -302,13 +313,10 @@ impl Container {
         self.touch_activity();
         info!(id = %self.id, %trigger, "thawed ({took_ms:.2} ms)");
         self.update_status(|s| {
-            s.thaws += 1;
-            lightwhale_status::Counters::bump(&mut s.counters.thaws_by_trigger, trigger.as_str());
             s.counters
                 .thaw_seconds
                 .observe_in(took_ms / 1000.0, &THAW_BUCKETS);
             if let Some(d) = s.doze.as_mut() {
-                d.thaw_trigger = Some(trigger.as_str().to_string());
                 d.thaw_ms = Some(took_ms);
             }
         });

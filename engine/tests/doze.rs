@@ -248,3 +248,50 @@ async fn idle_it_dozes_then_sleeps_and_wakes_with_its_state() {
     let st = s.c.status();
     assert_eq!((st.dozes, st.sleeps, st.wakes), (1, 1, 1), "{st:?}");
 }
+
+/// Whoever reads the status file (the CLI, `lightwhale ps`, a test) once the thawed task has
+/// answered sees it awake and the thaw counted: the file is written before the task runs.
+/// (CI once saw "dozing" after the answer: the file used to follow the thaw.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, runc and swap: make test runs it"]
+async fn once_a_thawed_task_answers_its_status_file_says_awake() {
+    require_swap("doze status");
+    let s = start("dozestatus", 8, &[]).await;
+    assert_eq!(count(&s), 1);
+    let path = s.c.status_path();
+    let freezer = Freezer::of_pid(s.c.init.pid()).expect("its freezer");
+    for n in 1..=15u64 {
+        s.c.doze().await.expect("doze");
+        // A watcher reads the file the moment the freezer lets go, before the task can
+        // even answer: the narrowest window there is.
+        let watch = {
+            let (freezer, path) = (freezer.clone(), path.clone());
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while freezer.is_frozen().unwrap_or(false) && Instant::now() < deadline {
+                    std::hint::spin_loop();
+                }
+                lightwhale_status::read_status(&path).map(|st| st.state)
+            })
+        };
+        assert_eq!(count(&s), n + 1);
+        let at_thaw = watch.join().expect("watcher").expect("status file");
+        assert_eq!(
+            at_thaw,
+            lightwhale_status::State::Awake,
+            "thaw {n}: as the freezer let go"
+        );
+        let st = lightwhale_status::read_status(&path).expect("status file");
+        assert_eq!(
+            st.state,
+            lightwhale_status::State::Awake,
+            "thaw {n}: {st:?}"
+        );
+        assert_eq!(st.thaws, n, "thaw {n}: {st:?}");
+        assert_eq!(
+            st.counters.thaws_by_trigger.get("connection"),
+            Some(&n),
+            "thaw {n}: {st:?}"
+        );
+    }
+}
