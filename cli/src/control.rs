@@ -17,7 +17,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(120);
 const MAX_REPLY: u64 = 4 << 20;
 
 /// Sends `command` to the shim listening at `socket` and returns its answer.
-pub fn request(socket: &Path, command: Command) -> Result<Reply> {
+pub fn request(socket: &Path, command: &Command) -> Result<Reply> {
     let mut s = UnixStream::connect(socket).map_err(|e| {
         let hint = match e.kind() {
             ErrorKind::PermissionDenied => " (the control socket is root's: run as root)",
@@ -33,15 +33,15 @@ pub fn request(socket: &Path, command: Command) -> Result<Reply> {
     })?;
     s.set_read_timeout(Some(READ_TIMEOUT))
         .context("set a read timeout on the control socket")?;
-    s.write_all(format!("{}\n", command.as_str()).as_bytes())
-        .with_context(|| format!("send {:?} to the shim", command.as_str()))?;
+    s.write_all(format!("{}\n", command.line()).as_bytes())
+        .with_context(|| format!("send {:?} to the shim", command.line()))?;
     let mut line = String::new();
     BufReader::new(s.take(MAX_REPLY))
         .read_line(&mut line)
         .map_err(|e| match e.kind() {
             ErrorKind::WouldBlock | ErrorKind::TimedOut => anyhow!(
                 "the shim did not answer {:?} within {} s",
-                command.as_str(),
+                command.line(),
                 READ_TIMEOUT.as_secs()
             ),
             _ => anyhow!("read the shim's answer: {e}"),
@@ -85,7 +85,7 @@ mod tests {
                 .expect("write");
             line
         });
-        let reply = request(&sock, Command::Sleep).expect("reply");
+        let reply = request(&sock, &Command::Sleep).expect("reply");
         assert_eq!(shim.join().expect("shim"), "sleep\n");
         assert!(!reply.ok);
         assert_eq!(reply.status.state, State::Awake);
@@ -98,7 +98,7 @@ mod tests {
     #[test]
     fn no_shim_is_an_error_with_a_hint() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let msg = request(&tmp.path().join("gone.sock"), Command::Wake)
+        let msg = request(&tmp.path().join("gone.sock"), &Command::Wake)
             .expect_err("no socket")
             .to_string();
         assert!(msg.contains("shim still running"), "{msg}");

@@ -12,11 +12,12 @@ mod metrics;
 mod resolve;
 mod serve;
 mod store;
+mod template;
 mod view;
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
@@ -102,6 +103,16 @@ enum Cmd {
         #[arg(long)]
         per_container: bool,
     },
+    /// Templates: a warmed container's checkpoint that new containers start from
+    /// (annotation lightwhale.io/template=NAME) instead of running their entrypoint.
+    Template {
+        #[command(subcommand)]
+        command: TemplateCmd,
+        /// Where the node keeps templates (`<image-dir>/.templates` when the node config
+        /// moves its image directory).
+        #[arg(long, global = true, value_name = "DIR", default_value = lightwhale_status::TEMPLATES_DIR)]
+        dir: PathBuf,
+    },
     /// Print a shell completion script, e.g. `lightwhale completions bash >
     /// /etc/bash_completion.d/lightwhale`.
     Completions {
@@ -109,6 +120,24 @@ enum Cmd {
         #[arg(value_enum)]
         shell: Shell,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum TemplateCmd {
+    /// Checkpoint a running container (it keeps running) as template NAME.
+    Create {
+        /// The template's name: letters, digits, '-', '_', '.'.
+        name: String,
+        /// The container: id, unique id prefix, or name.
+        #[arg(long, value_name = "ID")]
+        from: String,
+    },
+    /// List the node's templates.
+    Ls,
+    /// Show a template's record (JSON): where it came from, what a clone must match.
+    Inspect { name: String },
+    /// Remove a template (its clones run on).
+    Rm { name: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -184,6 +213,46 @@ fn run(cli: Cli, dirs: &Dirs, docker: &Docker) -> Result<()> {
                 serve::serve(&listen, || exporter.scrape(dirs))
             }
         }
+        Cmd::Template { command, dir } => match command {
+            TemplateCmd::Create { name, from } => {
+                lightwhale_status::template::check_name(&name).map_err(anyhow::Error::msg)?;
+                let all = load(dirs.live)?;
+                let e = resolve::resolve(&all, &from, ns, |q| docker.id_of(q))?;
+                let reply = control::request(&e.socket(), &Command::Template(name.clone()))?;
+                if !reply.ok {
+                    bail!(
+                        "{}",
+                        reply
+                            .error
+                            .as_deref()
+                            .unwrap_or("the shim refused, giving no reason")
+                    );
+                }
+                let line = match template::inspect(&dir, &name) {
+                    Ok(m) => format!(
+                        "template {}: from {}, checkpoint {:.0} ms, {} of images\n",
+                        view::clean(&name),
+                        view::clean(view::short_id(&e.id)),
+                        m.checkpoint_ms,
+                        view::mib(Some(m.images_bytes))
+                    ),
+                    Err(_) => format!("template {}: taken\n", view::clean(&name)),
+                };
+                emit(line.as_bytes())
+            }
+            TemplateCmd::Ls => {
+                let (text, warnings) = template::table(&dir, view::now_ms());
+                for w in warnings {
+                    eprintln!("lightwhale: {w}");
+                }
+                emit(text.as_bytes())
+            }
+            TemplateCmd::Inspect { name } => emit_json(&template::inspect(&dir, &name)?),
+            TemplateCmd::Rm { name } => {
+                template::remove(&dir, &name)?;
+                emit(format!("{}\n", view::clean(&name)).as_bytes())
+            }
+        },
         Cmd::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(
@@ -247,7 +316,7 @@ fn ps(dirs: &Dirs, docker: &Docker, ns: Option<&str>, format: Format, all: bool)
 fn act(dir: &Path, docker: &Docker, ns: Option<&str>, id: &str, command: Command) -> Result<()> {
     let all = load(dir)?;
     let e = resolve::resolve(&all, id, ns, |q| docker.id_of(q))?;
-    let reply = control::request(&e.socket(), command)?;
+    let reply = control::request(&e.socket(), &command)?;
     if !reply.ok {
         bail!(
             "{}",
@@ -273,7 +342,7 @@ fn inspect(dirs: &Dirs, docker: &Docker, ns: Option<&str>, id: &str, format: For
     let reply = match resolve::resolve(&live, id, ns, |q| docker.id_of(q)) {
         // The shim's live record when it answers (current even mid-transition), else the
         // file it last wrote.
-        Ok(e) => control::request(&e.socket(), Command::Status).unwrap_or_else(|err| {
+        Ok(e) => control::request(&e.socket(), &Command::Status).unwrap_or_else(|err| {
             eprintln!("lightwhale: {err:#}; showing the last record written");
             lightwhale_status::Reply {
                 ok: true,

@@ -149,7 +149,10 @@ pub const LOG_KEEP_BYTES: usize = 1 << 20;
 pub fn sweep_orphan_images(images: &Path, status: &Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     for ns in std::fs::read_dir(images).into_iter().flatten().flatten() {
-        if !ns.file_type().is_ok_and(|t| t.is_dir()) {
+        // A dot-name is no namespace (containerd allows none): the templates live there.
+        if !ns.file_type().is_ok_and(|t| t.is_dir())
+            || ns.file_name().as_encoded_bytes().starts_with(b".")
+        {
             continue;
         }
         let namespace = ns.file_name();
@@ -222,11 +225,14 @@ mod tests {
         for id in ["live", "orphan"] {
             std::fs::create_dir_all(images.join("ns").join(id).join("images")).expect("mkdir");
         }
+        let template = images.join(".templates/warm/images");
+        std::fs::create_dir_all(&template).expect("mkdir");
         std::fs::create_dir_all(status.join("ns")).expect("mkdir");
         std::fs::write(status.join("ns/live.json"), b"{}").expect("write");
         let removed = sweep_orphan_images(&images, &status);
         assert_eq!(removed, vec![images.join("ns/orphan")]);
         assert!(images.join("ns/live/images").exists());
+        assert!(template.exists(), "templates are no container's images");
         assert!(sweep_orphan_images(&d.path().join("absent"), &status).is_empty());
     }
 

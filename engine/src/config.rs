@@ -69,7 +69,7 @@ pub enum ConfigError {
         value: String,
         expected: &'static str,
     },
-    #[error("unknown annotation {0}: lightwhale accepts {PREFIX}{{idle-timeout,doze-after,ports,criu-profile,sleep,pre-sleep-exec,post-wake-exec,hook-timeout,lazy-pages,lazy-pages-threshold}}")]
+    #[error("unknown annotation {0}: lightwhale accepts {PREFIX}{{idle-timeout,doze-after,template,ports,criu-profile,sleep,pre-sleep-exec,post-wake-exec,hook-timeout,lazy-pages,lazy-pages-threshold}}")]
     Unknown(String),
     #[error("{path}: {message}")]
     NodeFile { path: String, message: String },
@@ -104,6 +104,9 @@ pub struct SleepConfig {
     pub wake_memory_wait: Duration,
     /// Node-wide restore slots (0: no limit).
     pub restore_slots: u32,
+    /// Start by restoring this template instead of running the entrypoint
+    /// (`lightwhale.io/template`).
+    pub template: Option<String>,
 }
 
 /// Restores at once unless the node config says otherwise: twice the CPUs. Measured
@@ -431,6 +434,7 @@ pub fn sleep_config(
         })?,
         None => DEFAULT_LAZY_THRESHOLD,
     };
+    let mut template = None;
     for (key, value) in annotations {
         let Some(name) = key.strip_prefix(PREFIX) else {
             continue;
@@ -447,6 +451,16 @@ pub fn sleep_config(
             }
             "doze-after" => {
                 doze = doze_after(value).ok_or_else(|| bad(key, value, DOZE_AFTER_EXPECTED))?
+            }
+            "template" => {
+                lightwhale_status::template::check_name(value).map_err(|_| {
+                    bad(
+                        key,
+                        value,
+                        "expected a template name: 1 to 63 of letters, digits, '-', '_' or '.', starting with a letter or digit",
+                    )
+                })?;
+                template = Some(value.clone());
             }
             "ports" => {
                 ports = parse_ports(value).ok_or_else(|| {
@@ -545,6 +559,7 @@ pub fn sleep_config(
         restore_slots: node
             .max_concurrent_restores
             .unwrap_or_else(default_restore_slots),
+        template,
         wake_memory_wait: match &node.wake_memory_wait {
             Some(v) => parse_duration(v)
                 .filter(|d| *d <= Duration::from_secs(600))

@@ -52,6 +52,8 @@ pub struct Dirs {
     pub exited: PathBuf,
     /// CRIU logs of containers that failed, kept after they are deleted.
     pub logs: PathBuf,
+    /// Templates new containers start from (`lightwhale template`).
+    pub templates: PathBuf,
 }
 
 impl Default for Dirs {
@@ -62,6 +64,7 @@ impl Default for Dirs {
             images: PathBuf::from("/var/lib/lightwhale"),
             exited: PathBuf::from(lightwhale_status::EXITED_DIR),
             logs: PathBuf::from("/var/log/lightwhale"),
+            templates: PathBuf::from(lightwhale_status::TEMPLATES_DIR),
         }
     }
 }
@@ -75,6 +78,7 @@ impl Dirs {
             images: root.join("images"),
             exited: root.join("exited"),
             logs: root.join("logs"),
+            templates: root.join("images/.templates"),
         }
     }
 }

@@ -46,8 +46,13 @@ pub fn serve(c: &Arc<Container>) {
                         c.wake(Trigger::Request).await.map_err(|e| e.to_string())
                     }
                     Some(Command::Status) => Ok(()),
+                    Some(Command::Template(name)) => c
+                        .make_template(&name)
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string()),
                     None => Err(format!(
-                        "unknown command {:?} (sleep, doze, wake, status)",
+                        "unknown command {:?} (sleep, doze, wake, status, template NAME)",
                         line.trim()
                     )),
                 };

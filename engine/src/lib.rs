@@ -49,6 +49,7 @@ pub mod sockets;
 pub mod spec;
 pub mod state;
 pub mod stdio;
+pub mod template;
 pub mod wake;
 
 pub use container::{Container, Dirs};

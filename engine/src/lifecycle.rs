@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use lightwhale_status::ContainerStatus;
+use lightwhale_status::{ContainerStatus, TemplateUse};
 use tracing::{info, warn};
 
 use crate::bundle::BundleState;
@@ -16,7 +16,7 @@ use crate::config::SleepConfig;
 use crate::container::{Container, Dirs, Parts};
 use crate::events::{Event, EventSink, Trigger};
 use crate::process::{ExitInfo, Process};
-use crate::runc::{CheckpointOpts, CreateOpts, ProcessIo};
+use crate::runc::{CheckpointOpts, CreateOpts, ProcessIo, RestoreOpts};
 use crate::runtime::OciRuntime;
 use crate::spec::BundleSpec;
 use crate::state::{State, Transition, TransitionError};
@@ -219,6 +219,7 @@ impl Container {
         state.logs_dir = Some(dirs.logs.join(&namespace).join(&id));
         let init = Process::new("", stdio, Vec::new());
         let since = Instant::now();
+        let mut template_use = None;
         let setup = async {
             let mut spec = BundleSpec::load(&bundle).map_err(ContainerError::InvalidInput)?;
             let mut netns_path = None;
@@ -271,7 +272,26 @@ impl Container {
             })?;
             let host_and_name = (host_network, name, netns_path);
             let pid_file = bundle.join("init.pid");
-            with_stdio(&init, &dirs.state.join("console"), |io, console_socket| {
+            let console_dir = dirs.state.join("console");
+            if let Some(name) = &config.template {
+                let used = start_from_template(
+                    &runtime,
+                    &id,
+                    &bundle,
+                    &dirs.templates,
+                    name,
+                    &image_root,
+                    &init,
+                    &console_dir,
+                )
+                .await;
+                let restored = used.restored;
+                template_use = Some(used);
+                if restored {
+                    return Ok((read_pid(&pid_file)?, host_and_name));
+                }
+            }
+            with_stdio(&init, &console_dir, |io, console_socket| {
                 let copts = CreateOpts {
                     pid_file: pid_file.clone(),
                     log_file: bundle.join("log.json"),
@@ -300,6 +320,7 @@ impl Container {
         let memcg = MemoryCgroup::of_pid(pid);
         let mut status = ContainerStatus::new(&namespace, &id, config.view(&image_root));
         status.name = name;
+        status.template = template_use;
         let c = Container::assemble(Parts {
             id,
             namespace,
@@ -340,7 +361,16 @@ impl Container {
         if self.state() != State::Created {
             return Err(ContainerError::NotCreated(self.id.clone()));
         }
-        self.runtime.start(&self.id).await?;
+        // A clone restored from a template runs already (a restore has no created stage).
+        let restored = self
+            .lock()
+            .status
+            .template
+            .as_ref()
+            .is_some_and(|t| t.restored);
+        if !restored {
+            self.runtime.start(&self.id).await?;
+        }
         if let Err(e) = self.transition(Transition::Start) {
             // Only an exit can overtake a start; it is reported after this event.
             info!(id = %self.id, "{e}");
@@ -573,5 +603,73 @@ mod tests {
         assert!(is_stop_signal(libc::SIGKILL as u32));
         assert!(!is_stop_signal(libc::SIGHUP as u32));
         assert!(!is_stop_signal(libc::SIGWINCH as u32));
+    }
+}
+
+/// Starts the container in `bundle` by restoring the template `name`: its fit checked,
+/// its filesystem changes laid over the root, its images restored (the task runs from
+/// here: a restore has no created stage). Any failure leaves nothing of the restore
+/// behind and says why the container starts cold instead.
+#[allow(clippy::too_many_arguments)]
+async fn start_from_template(
+    runtime: &Arc<dyn OciRuntime>,
+    id: &str,
+    bundle: &Path,
+    templates: &Path,
+    name: &str,
+    image_root: &Path,
+    init: &Process,
+    console_dir: &Path,
+) -> TemplateUse {
+    let cold = |reason: String| {
+        warn!(%id, template = name, "starting cold: {reason}");
+        TemplateUse {
+            name: name.to_string(),
+            restored: false,
+            reason: Some(reason),
+            restore_ms: None,
+        }
+    };
+    let source = match crate::template::clone_source(templates, name, bundle) {
+        Ok(s) => s,
+        Err(reason) => return cold(reason),
+    };
+    let work = image_root.join("template-work");
+    if let Err(e) = std::fs::create_dir_all(&work) {
+        return cold(format!("cannot create {}: {e}", work.display()));
+    }
+    let t = Instant::now();
+    let restored = with_stdio(init, console_dir, |io, console_socket| {
+        let opts = RestoreOpts {
+            image_path: source.images.clone(),
+            work_path: Some(work.clone()),
+            pid_file: bundle.join("init.pid"),
+            log_file: bundle.join("log.json"),
+            console_socket,
+            detach: true,
+            ..Default::default()
+        };
+        let (runtime, id, bundle) = (runtime.clone(), id.to_string(), bundle.to_path_buf());
+        async move { runtime.restore(&id, &bundle, &opts, io).await }
+    })
+    .await;
+    match restored {
+        Ok(()) => {
+            let restore_ms = crate::container::ms(t.elapsed());
+            info!(%id, template = name, restore_ms, "started from its template");
+            TemplateUse {
+                name: name.to_string(),
+                restored: true,
+                reason: None,
+                restore_ms: Some(restore_ms),
+            }
+        }
+        Err(e) => {
+            let _ = runtime.delete(id, true).await;
+            cold(format!(
+                "restoring template {name} failed: {e}\n--- CRIU restore.log (tail) ---\n{}",
+                crate::container::tail(&work.join("restore.log"), 20)
+            ))
+        }
     }
 }

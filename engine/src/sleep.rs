@@ -513,7 +513,7 @@ impl Container {
 }
 
 /// Bytes of the files under `dir` (checkpoint images), without following links.
-fn dir_bytes(dir: &Path) -> u64 {
+pub(crate) fn dir_bytes(dir: &Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

@@ -102,6 +102,7 @@ impl Service {
         });
         let dirs = Dirs {
             images: node.image_dir(),
+            templates: node.image_dir().join(".templates"),
             ..Dirs::default()
         };
         // What a reboot (or a crash containerd never saw) left: images nobody owns.

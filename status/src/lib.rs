@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod template;
+pub use template::{TemplateFit, TemplateMeta, TemplateUse, TEMPLATES_DIR};
+
 /// The schema this build writes and understands. Bump it when a field changes meaning
 /// or is removed, or a value appears that an older reader cannot parse; adding an
 /// optional field does not need a bump.
@@ -136,6 +139,8 @@ pub struct ContainerStatus {
     pub thaws: u64,
     /// The current doze (while dozing), else the last one.
     pub doze: Option<DozeRecord>,
+    /// The template it was to start from (`lightwhale.io/template`), and how that went.
+    pub template: Option<TemplateUse>,
     /// Running totals since the container was created (for `lightwhale metrics`).
     pub counters: Counters,
     pub config: ConfigView,
@@ -485,21 +490,25 @@ pub struct WakePhases {
 }
 
 /// One line sent to a container's control socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Sleep,
     Doze,
     Wake,
     Status,
+    /// Take a template of the running container, under this name.
+    Template(String),
 }
 
 impl Command {
-    pub fn as_str(self) -> &'static str {
+    /// The line sent for it.
+    pub fn line(&self) -> String {
         match self {
-            Command::Sleep => "sleep",
-            Command::Doze => "doze",
-            Command::Wake => "wake",
-            Command::Status => "status",
+            Command::Sleep => "sleep".into(),
+            Command::Doze => "doze".into(),
+            Command::Wake => "wake".into(),
+            Command::Status => "status".into(),
+            Command::Template(name) => format!("template {name}"),
         }
     }
 
@@ -509,7 +518,11 @@ impl Command {
             "doze" => Some(Command::Doze),
             "wake" => Some(Command::Wake),
             "status" => Some(Command::Status),
-            _ => None,
+            other => other
+                .strip_prefix("template ")
+                .map(str::trim)
+                .filter(|n| template::check_name(n).is_ok())
+                .map(|n| Command::Template(n.to_string())),
         }
     }
 }
@@ -736,9 +749,16 @@ mod tests {
 
     #[test]
     fn commands_parse() {
-        for c in [Command::Sleep, Command::Wake, Command::Status] {
-            assert_eq!(Command::parse(&format!("{}\n", c.as_str())), Some(c));
+        for c in [
+            Command::Sleep,
+            Command::Wake,
+            Command::Doze,
+            Command::Status,
+            Command::Template("warm-1".into()),
+        ] {
+            assert_eq!(Command::parse(&format!("{}\n", c.line())), Some(c));
         }
         assert_eq!(Command::parse("dance"), None);
+        assert_eq!(Command::parse("template ../etc"), None);
     }
 }

@@ -14,6 +14,8 @@ pub const PORT: u16 = 8080;
 
 pub struct Service {
     pub c: Arc<Container>,
+    /// The node's template directory as this service's engine sees it.
+    pub templates: PathBuf,
     pub sink: Arc<MemorySink>,
     pub netns: PathBuf,
     _dir: tempfile::TempDir,
@@ -61,6 +63,19 @@ pub async fn start_with(
     criu_profile: &str,
     env: &[&str],
 ) -> Service {
+    start_in(name, memory_mib, config, criu_profile, env, None).await
+}
+
+/// As [`start_with`]; `templates`: the node's template directory (another service's, so
+/// that a clone finds its template), else its own.
+pub async fn start_in(
+    name: &str,
+    memory_mib: u32,
+    config: impl FnOnce(&mut SleepConfig),
+    criu_profile: &str,
+    env: &[&str],
+    templates: Option<&Path>,
+) -> Service {
     super::require_privileges(name);
     reaper::set_subreaper().expect("subreaper");
     reaper::install().expect("reaper");
@@ -97,7 +112,12 @@ pub async fn start_with(
         config: sleep,
         runtime: Arc::new(runc),
         sink: sink.clone(),
-        dirs: Dirs::under(dir.path()),
+        dirs: Dirs {
+            templates: templates
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| Dirs::under(dir.path()).templates),
+            ..Dirs::under(dir.path())
+        },
         bundle_state: Default::default(),
         no_pivot: false,
         no_new_keyring: false,
@@ -112,6 +132,9 @@ pub async fn start_with(
         .join(format!("engine-test-{}", c.id));
     assert!(netns.exists(), "the engine pins the container's namespace");
     let s = Service {
+        templates: templates
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| Dirs::under(dir.path()).templates),
         c,
         sink,
         netns,

@@ -1,0 +1,532 @@
+//! Templates: a warmed container is checkpointed while it keeps running, and new
+//! containers start by restoring that checkpoint instead of running their entrypoint.
+//!
+//! Taking one ([`Container::make_template`]) is `runc checkpoint --leave-running` into a
+//! directory of its own, plus what a clone must share with the source ([`TemplateFit`])
+//! and the source's filesystem changes (its overlay upper layer, as a tar and a list of
+//! deletions). Using one ([`clone_source`], called by `create`) checks the fit, lays the
+//! filesystem changes over the clone's root, and lets `create` restore instead of create.
+//! Clones read the template's images and never write them: any number restore from one
+//! copy on disk, eagerly, so a template can be removed while its clones run.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use lightwhale_status::{TemplateFit, TemplateMeta};
+use serde_json::Value;
+use tracing::{info, warn};
+
+use crate::container::{ms, tail, Container};
+use crate::events::Trigger;
+use crate::runc::CheckpointOpts;
+use crate::state::State;
+use crate::wake::WakeError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("{0}")]
+    Name(String),
+    #[error("template {0} exists already: remove it first (lightwhale template rm {0})")]
+    Exists(String),
+    #[error("cannot wake it to take the template: {0}")]
+    Wake(#[from] WakeError),
+    #[error("cannot take a template of a container that is {0}")]
+    NotAwake(State),
+    #[error("cannot take a template of a container with a terminal (CRIU cannot restore a pty into another container)")]
+    Terminal,
+    #[error("template {name}: checkpoint failed (the container runs on): {source}\n--- CRIU dump.log (tail) ---\n{criu_log}")]
+    Checkpoint {
+        name: String,
+        #[source]
+        source: crate::Error,
+        criu_log: String,
+    },
+    #[error("template {name}: {what} {}: {source}", path.display())]
+    Io {
+        name: String,
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("template {name}: cannot keep the container's filesystem changes: {why}")]
+    FsChanges { name: String, why: String },
+}
+
+impl Container {
+    /// Takes a template named `name` of this container, which keeps running (a sleeping
+    /// or dozing one is woken first). Serialised with sleeps: no sleep starts meanwhile.
+    pub async fn make_template(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> Result<TemplateMeta, TemplateError> {
+        lightwhale_status::template::check_name(name).map_err(TemplateError::Name)?;
+        let root = &self.dirs.templates;
+        let dest = lightwhale_status::template::template_dir(root, name);
+        if dest.exists() {
+            return Err(TemplateError::Exists(name.to_string()));
+        }
+        let io = |what, path: &Path| {
+            let (name, path) = (name.to_string(), path.to_path_buf());
+            move |source| TemplateError::Io {
+                name,
+                what,
+                path,
+                source,
+            }
+        };
+        let spec = read_spec(&self.bundle).map_err(io("read the spec in", &self.bundle))?;
+        if spec.pointer("/process/terminal").and_then(Value::as_bool) == Some(true) {
+            return Err(TemplateError::Terminal);
+        }
+        self.wake(Trigger::Checkpoint).await?;
+        let _gate = self.sleep_gate.lock().await;
+        match self.state() {
+            State::Awake => {}
+            other => return Err(TemplateError::NotAwake(other)),
+        }
+        // The idle clock starts again: the monitor does not reach for a sleep meanwhile.
+        self.touch_activity();
+        let tmp = root.join(format!(".{name}.{}.tmp", std::process::id()));
+        crate::bundle::remove_dir_quiet(&tmp);
+        std::fs::create_dir_all(tmp.join("work")).map_err(io("create", &tmp))?;
+        let t = Instant::now();
+        let dumped = self
+            .runtime
+            .checkpoint(
+                &self.id,
+                &CheckpointOpts {
+                    image_path: tmp.join("images"),
+                    work_path: Some(tmp.join("work")),
+                    leave_running: true,
+                    log_file: tmp.join("checkpoint.json"),
+                    ..Default::default()
+                },
+            )
+            .await;
+        let checkpoint_ms = ms(t.elapsed());
+        if let Err(source) = dumped {
+            let criu_log = tail(&tmp.join("work/dump.log"), 20);
+            crate::bundle::remove_dir_quiet(&tmp);
+            return Err(TemplateError::Checkpoint {
+                name: name.to_string(),
+                source,
+                criu_log,
+            });
+        }
+        let kept = (|| {
+            let rootfs = rootfs_of(&self.bundle, &spec);
+            let overlay = overlay_at(&rootfs);
+            let fs_changes_bytes =
+                match overlay.as_ref().and_then(|o| o.upper.as_deref()) {
+                    Some(upper) => Some(keep_fs_changes(upper, &tmp).map_err(|why| {
+                        TemplateError::FsChanges {
+                            name: name.to_string(),
+                            why,
+                        }
+                    })?),
+                    None => None,
+                };
+            let meta = TemplateMeta {
+                schema: lightwhale_status::template::TEMPLATE_SCHEMA,
+                name: name.to_string(),
+                created_unix_ms: crate::container::now_ms(),
+                source_namespace: self.namespace.clone(),
+                source_id: self.id.clone(),
+                source_name: self.status().name,
+                fit: fit_of(&spec, overlay.as_ref()),
+                images_bytes: crate::sleep::dir_bytes(&tmp.join("images")),
+                pages_bytes: pages_bytes(&tmp.join("images")),
+                fs_changes_bytes,
+                checkpoint_ms,
+                kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_default(),
+                criu_version: criu_version(),
+            };
+            let bytes = serde_json::to_vec_pretty(&meta).map_err(std::io::Error::other);
+            bytes
+                .and_then(|b| std::fs::write(tmp.join("meta.json"), b))
+                .map_err(io("write", &tmp.join("meta.json")))?;
+            std::fs::rename(&tmp, &dest).map_err(io("move into place", &dest))?;
+            Ok(meta)
+        })();
+        match &kept {
+            Ok(meta) => info!(
+                id = %self.id,
+                template = name,
+                checkpoint_ms,
+                images_bytes = meta.images_bytes,
+                "template taken"
+            ),
+            Err(e) => {
+                warn!(id = %self.id, "{e}");
+                crate::bundle::remove_dir_quiet(&tmp);
+            }
+        }
+        kept
+    }
+}
+
+/// A template a new container can start from: where its images are.
+#[derive(Debug)]
+pub(crate) struct CloneSource {
+    pub images: PathBuf,
+}
+
+/// Checks that the container in `bundle` can start from the template `name` and lays
+/// the template's filesystem changes over its root. Err: why it starts cold instead
+/// (nothing has been changed in the root then, unless the changes were half applied,
+/// which is said).
+pub(crate) fn clone_source(
+    templates: &Path,
+    name: &str,
+    bundle: &Path,
+) -> Result<CloneSource, String> {
+    let meta =
+        lightwhale_status::template::read_template(templates, name).map_err(|e| e.to_string())?;
+    let spec = read_spec(bundle).map_err(|e| format!("cannot read its spec: {e}"))?;
+    let rootfs = rootfs_of(bundle, &spec);
+    let fit = fit_of(&spec, overlay_at(&rootfs).as_ref());
+    if let Some(why) = meta.fit.mismatch(&fit) {
+        return Err(format!("template {name} does not fit: {why}"));
+    }
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    if kernel.trim() != meta.kernel {
+        return Err(format!(
+            "template {name} was taken under kernel {}, this host runs {}",
+            meta.kernel,
+            kernel.trim()
+        ));
+    }
+    let dir = lightwhale_status::template::template_dir(templates, name);
+    apply_fs_changes(&dir, &rootfs)
+        .map_err(|e| format!("template {name}: its filesystem changes: {e}"))?;
+    Ok(CloneSource {
+        images: dir.join("images"),
+    })
+}
+
+fn read_spec(bundle: &Path) -> std::io::Result<Value> {
+    let bytes = std::fs::read(bundle.join("config.json"))?;
+    serde_json::from_slice(&bytes).map_err(std::io::Error::other)
+}
+
+fn rootfs_of(bundle: &Path, spec: &Value) -> PathBuf {
+    let p = PathBuf::from(
+        spec.pointer("/root/path")
+            .and_then(Value::as_str)
+            .unwrap_or("rootfs"),
+    );
+    if p.is_absolute() {
+        p
+    } else {
+        bundle.join(p)
+    }
+}
+
+fn fit_of(spec: &Value, overlay: Option<&Overlay>) -> TemplateFit {
+    let strings = |ptr: &str| -> Vec<String> {
+        spec.pointer(ptr)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut env = strings("/process/env");
+    env.retain(|e| !e.starts_with("HOSTNAME="));
+    env.sort();
+    let mut mounts: Vec<String> = spec
+        .pointer("/mounts")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m.get("destination").and_then(Value::as_str))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    mounts.sort();
+    let id = |ptr: &str| {
+        spec.pointer(ptr)
+            .and_then(Value::as_u64)
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(0)
+    };
+    TemplateFit {
+        args: strings("/process/args"),
+        cwd: spec
+            .pointer("/process/cwd")
+            .and_then(Value::as_str)
+            .unwrap_or("/")
+            .to_string(),
+        env,
+        uid: id("/process/user/uid"),
+        gid: id("/process/user/gid"),
+        terminal: spec.pointer("/process/terminal").and_then(Value::as_bool) == Some(true),
+        mounts,
+        image_layers: overlay.map(|o| o.image_layers.clone()).unwrap_or_default(),
+    }
+}
+
+/// The overlay mounted at a container's root, as the host sees it.
+#[derive(Debug)]
+struct Overlay {
+    /// Lower layers, resolved, without Docker's per-container `-init` layer.
+    image_layers: Vec<String>,
+    upper: Option<PathBuf>,
+}
+
+fn overlay_at(rootfs: &Path) -> Option<Overlay> {
+    let rootfs = std::fs::canonicalize(rootfs).ok()?;
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // The last mount at that point is the one in force.
+    let line = text.lines().rev().find(|l| {
+        l.split(' ')
+            .nth(4)
+            .is_some_and(|m| Path::new(&unescape(m)) == rootfs)
+    })?;
+    let (_, after) = line.split_once(" - ")?;
+    let mut fields = after.split(' ');
+    if fields.next()? != "overlay" {
+        return None;
+    }
+    let options = fields.nth(1)?;
+    let mut layers = Vec::new();
+    let mut upper = None;
+    for o in options.split(',') {
+        if let Some(l) = o.strip_prefix("lowerdir=") {
+            for dir in l.split(':') {
+                let dir = unescape(dir);
+                let resolved = std::fs::canonicalize(&dir)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or(dir);
+                if !resolved.ends_with("-init/diff") {
+                    layers.push(resolved);
+                }
+            }
+        } else if let Some(u) = o.strip_prefix("upperdir=") {
+            upper = Some(PathBuf::from(unescape(u)));
+        }
+    }
+    Some(Overlay {
+        image_layers: layers,
+        upper,
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Keeps the upper layer `upper` in `dir`: `fs.tar` of what it added or changed, and
+/// `whiteouts` (one path a line) of what it deleted. Returns the tar's size.
+fn keep_fs_changes(upper: &Path, dir: &Path) -> Result<u64, String> {
+    let mut files = Vec::new();
+    let mut whiteouts = Vec::new();
+    walk(upper, Path::new("."), &mut files, &mut whiteouts)
+        .map_err(|e| format!("read {}: {e}", upper.display()))?;
+    let list = dir.join("fs.list");
+    let mut nul = Vec::new();
+    for f in &files {
+        nul.extend_from_slice(f.as_os_str().as_encoded_bytes());
+        nul.push(0);
+    }
+    std::fs::write(&list, nul).map_err(|e| format!("write {}: {e}", list.display()))?;
+    let tar = dir.join("fs.tar");
+    let out = std::process::Command::new("tar")
+        .args(["--create", "--no-recursion", "--null", "--numeric-owner"])
+        .arg("--file")
+        .arg(&tar)
+        .arg("--directory")
+        .arg(upper)
+        .arg("--files-from")
+        .arg(&list)
+        .output()
+        .map_err(|e| format!("run tar: {e}"))?;
+    let _ = std::fs::remove_file(&list);
+    if !out.status.success() {
+        return Err(format!(
+            "tar: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let lines: String = whiteouts
+        .iter()
+        .map(|w| format!("{}\n", w.display()))
+        .collect();
+    std::fs::write(dir.join("whiteouts"), lines).map_err(|e| format!("write whiteouts: {e}"))?;
+    Ok(std::fs::metadata(&tar).map(|m| m.len()).unwrap_or(0))
+}
+
+/// Collects the entries under `base/rel`: overlay whiteouts (0/0 character devices) apart,
+/// sockets left out (a socket file cannot be archived; a listener re-creates its own).
+fn walk(
+    base: &Path,
+    rel: &Path,
+    files: &mut Vec<PathBuf>,
+    whiteouts: &mut Vec<PathBuf>,
+) -> std::io::Result<()> {
+    for e in std::fs::read_dir(base.join(rel))? {
+        let e = e?;
+        let rel = rel.join(e.file_name());
+        let meta = e.metadata()?;
+        let t = meta.file_type();
+        if t.is_char_device() && meta.rdev() == 0 {
+            whiteouts.push(rel);
+        } else if t.is_socket() {
+            continue;
+        } else if t.is_dir() {
+            files.push(rel.clone());
+            walk(base, &rel, files, whiteouts)?;
+        } else {
+            files.push(rel);
+        }
+    }
+    Ok(())
+}
+
+fn apply_fs_changes(dir: &Path, rootfs: &Path) -> Result<(), String> {
+    let tar = dir.join("fs.tar");
+    if !tar.exists() {
+        return Ok(());
+    }
+    let whiteouts = std::fs::read_to_string(dir.join("whiteouts")).unwrap_or_default();
+    for w in whiteouts.lines().filter(|l| !l.is_empty()) {
+        let p = rootfs.join(w);
+        // Only below the root: the list is the engine's own, but a path is a path.
+        if Path::new(w)
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        {
+            continue;
+        }
+        let r = match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p),
+            Ok(_) => std::fs::remove_file(&p),
+            Err(_) => Ok(()),
+        };
+        r.map_err(|e| format!("remove {}: {e}", p.display()))?;
+    }
+    let out = std::process::Command::new("tar")
+        .args([
+            "--extract",
+            "--same-owner",
+            "--same-permissions",
+            "--numeric-owner",
+        ])
+        .arg("--file")
+        .arg(&tar)
+        .arg("--directory")
+        .arg(rootfs)
+        .output()
+        .map_err(|e| format!("run tar: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "tar: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+fn pages_bytes(images: &Path) -> u64 {
+    std::fs::read_dir(images)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.starts_with("pages-") && n.ends_with(".img")
+        })
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// CRIU's version as it says it ("4.2.1").
+fn criu_version() -> Option<String> {
+    let criu = crate::runc::Runc::find_binary("criu")?;
+    let out = std::process::Command::new(criu)
+        .arg("--version")
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Version:"))
+        .map(|v| v.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape(r"/a\040b"), "/a b");
+        assert_eq!(unescape(r"/x\134y"), r"/x\y");
+        assert_eq!(unescape("/plain"), "/plain");
+        assert_eq!(unescape(r"/end\04"), r"/end\04");
+    }
+
+    #[test]
+    fn a_spec_gives_its_fit() {
+        let spec: Value = serde_json::json!({
+            "process": {"args": ["python3", "-c", "x"], "env": ["PORT=1", "HOSTNAME=abc", "A=b"],
+                        "cwd": "/srv", "user": {"uid": 0, "gid": 0}},
+            "mounts": [{"destination": "/sys"}, {"destination": "/proc"}]
+        });
+        let f = fit_of(&spec, None);
+        assert_eq!(f.env, vec!["A=b".to_string(), "PORT=1".to_string()]);
+        assert_eq!(f.mounts, vec!["/proc".to_string(), "/sys".to_string()]);
+        assert_eq!(f.cwd, "/srv");
+        assert!(!f.terminal);
+    }
+
+    #[test]
+    fn filesystem_changes_go_over_another_root() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let (upper, keep, root) = (d.path().join("u"), d.path().join("t"), d.path().join("r"));
+        for p in [&upper, &keep, &root] {
+            std::fs::create_dir_all(p).expect("mkdir");
+        }
+        std::fs::create_dir_all(upper.join("var/data")).expect("mkdir");
+        std::fs::write(upper.join("var/data/state"), b"42").expect("write");
+        std::fs::write(root.join("gone"), b"x").expect("write");
+        // A whiteout is a 0/0 character device: needs root to make; without root only
+        // the additions are checked.
+        let c = std::ffi::CString::new(upper.join("gone").as_os_str().as_encoded_bytes())
+            .expect("path");
+        // SAFETY: a valid NUL-terminated path; mknod does not keep it.
+        let whiteout = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, 0) } == 0;
+        keep_fs_changes(&upper, &keep).expect("keep");
+        apply_fs_changes(&keep, &root).expect("apply");
+        assert_eq!(
+            std::fs::read(root.join("var/data/state")).expect("read"),
+            b"42"
+        );
+        if whiteout {
+            assert!(!root.join("gone").exists(), "a deletion is carried over");
+        }
+    }
+}
