@@ -1,13 +1,17 @@
 //! What a client asks of a container (containerd's Task API, in plain Rust): create,
 //! start, exec, kill, pause, update, delete. Each one that needs the task awake wakes it
 //! first; each one that races a sleep or a wake waits for it to end, then acts.
+//!
+//! Past 600 lines as one file on purpose: these are the Task API's verbs, each short,
+//! read together when one changes (a start that differs for a clone restored from a
+//! template, a kill that must thaw a doze); the template's own work is in `template`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use lightwhale_status::{ContainerStatus, TemplateUse};
+use lightwhale_status::ContainerStatus;
 use tracing::{info, warn};
 
 use crate::bundle::BundleState;
@@ -274,15 +278,29 @@ impl Container {
             let pid_file = bundle.join("init.pid");
             let console_dir = dirs.state.join("console");
             if let Some(name) = &config.template {
-                let used = start_from_template(
-                    &runtime,
+                let (init, console_dir) = (&init, &console_dir);
+                let (rt, id2, bundle2) = (runtime.clone(), id.clone(), bundle.clone());
+                let restore = move |opts: RestoreOpts| async move {
+                    let (rt, id, bundle) = (rt, id2, bundle2);
+                    let launch = move |io, console_socket| async move {
+                        let opts = RestoreOpts {
+                            console_socket,
+                            ..opts
+                        };
+                        rt.restore(&id, &bundle, &opts, io).await
+                    };
+                    with_stdio(init, console_dir, launch)
+                        .await
+                        .map_err(|e| e.to_string())
+                };
+                let used = crate::template::start_from_template(
+                    runtime.as_ref(),
                     &id,
                     &bundle,
                     &dirs.templates,
                     name,
                     &image_root,
-                    &init,
-                    &console_dir,
+                    restore,
                 )
                 .await;
                 let restored = used.restored;
@@ -603,73 +621,5 @@ mod tests {
         assert!(is_stop_signal(libc::SIGKILL as u32));
         assert!(!is_stop_signal(libc::SIGHUP as u32));
         assert!(!is_stop_signal(libc::SIGWINCH as u32));
-    }
-}
-
-/// Starts the container in `bundle` by restoring the template `name`: its fit checked,
-/// its filesystem changes laid over the root, its images restored (the task runs from
-/// here: a restore has no created stage). Any failure leaves nothing of the restore
-/// behind and says why the container starts cold instead.
-#[allow(clippy::too_many_arguments)]
-async fn start_from_template(
-    runtime: &Arc<dyn OciRuntime>,
-    id: &str,
-    bundle: &Path,
-    templates: &Path,
-    name: &str,
-    image_root: &Path,
-    init: &Process,
-    console_dir: &Path,
-) -> TemplateUse {
-    let cold = |reason: String| {
-        warn!(%id, template = name, "starting cold: {reason}");
-        TemplateUse {
-            name: name.to_string(),
-            restored: false,
-            reason: Some(reason),
-            restore_ms: None,
-        }
-    };
-    let source = match crate::template::clone_source(templates, name, bundle) {
-        Ok(s) => s,
-        Err(reason) => return cold(reason),
-    };
-    let work = image_root.join("template-work");
-    if let Err(e) = std::fs::create_dir_all(&work) {
-        return cold(format!("cannot create {}: {e}", work.display()));
-    }
-    let t = Instant::now();
-    let restored = with_stdio(init, console_dir, |io, console_socket| {
-        let opts = RestoreOpts {
-            image_path: source.images.clone(),
-            work_path: Some(work.clone()),
-            pid_file: bundle.join("init.pid"),
-            log_file: bundle.join("log.json"),
-            console_socket,
-            detach: true,
-            ..Default::default()
-        };
-        let (runtime, id, bundle) = (runtime.clone(), id.to_string(), bundle.to_path_buf());
-        async move { runtime.restore(&id, &bundle, &opts, io).await }
-    })
-    .await;
-    match restored {
-        Ok(()) => {
-            let restore_ms = crate::container::ms(t.elapsed());
-            info!(%id, template = name, restore_ms, "started from its template");
-            TemplateUse {
-                name: name.to_string(),
-                restored: true,
-                reason: None,
-                restore_ms: Some(restore_ms),
-            }
-        }
-        Err(e) => {
-            let _ = runtime.delete(id, true).await;
-            cold(format!(
-                "restoring template {name} failed: {e}\n--- CRIU restore.log (tail) ---\n{}",
-                crate::container::tail(&work.join("restore.log"), 20)
-            ))
-        }
     }
 }

@@ -14,13 +14,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use lightwhale_status::{TemplateFit, TemplateMeta};
+use lightwhale_status::{TemplateFit, TemplateMeta, TemplateUse};
 use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::container::{ms, tail, Container};
 use crate::events::Trigger;
-use crate::runc::CheckpointOpts;
+use crate::runc::{CheckpointOpts, RestoreOpts};
+use crate::runtime::OciRuntime;
 use crate::state::State;
 use crate::wake::WakeError;
 
@@ -207,6 +208,71 @@ pub(crate) fn clone_source(
     Ok(CloneSource {
         images: dir.join("images"),
     })
+}
+
+/// Starts the container in `bundle` by restoring the template `name`: its fit checked,
+/// its filesystem changes laid over the root, its images restored by `restore` (the task
+/// runs from there: a restore has no created stage). Any failure leaves nothing of the
+/// restore behind and says why the container starts cold instead.
+pub(crate) async fn start_from_template<F, Fut>(
+    runtime: &dyn OciRuntime,
+    id: &str,
+    bundle: &Path,
+    templates: &Path,
+    name: &str,
+    image_root: &Path,
+    restore: F,
+) -> TemplateUse
+where
+    F: FnOnce(RestoreOpts) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let cold = |reason: String| {
+        warn!(%id, template = name, "starting cold: {reason}");
+        TemplateUse {
+            name: name.to_string(),
+            restored: false,
+            reason: Some(reason),
+            restore_ms: None,
+        }
+    };
+    let source = match clone_source(templates, name, bundle) {
+        Ok(s) => s,
+        Err(reason) => return cold(reason),
+    };
+    let work = image_root.join("template-work");
+    if let Err(e) = std::fs::create_dir_all(&work) {
+        return cold(format!("cannot create {}: {e}", work.display()));
+    }
+    let t = Instant::now();
+    let restored = restore(RestoreOpts {
+        image_path: source.images,
+        work_path: Some(work.clone()),
+        pid_file: bundle.join("init.pid"),
+        log_file: bundle.join("log.json"),
+        detach: true,
+        ..Default::default()
+    })
+    .await;
+    match restored {
+        Ok(()) => {
+            let restore_ms = ms(t.elapsed());
+            info!(%id, template = name, restore_ms, "started from its template");
+            TemplateUse {
+                name: name.to_string(),
+                restored: true,
+                reason: None,
+                restore_ms: Some(restore_ms),
+            }
+        }
+        Err(e) => {
+            let _ = runtime.delete(id, true).await;
+            cold(format!(
+                "restoring template {name} failed: {e}\n--- CRIU restore.log (tail) ---\n{}",
+                tail(&work.join("restore.log"), 20)
+            ))
+        }
+    }
 }
 
 fn read_spec(bundle: &Path) -> std::io::Result<Value> {
