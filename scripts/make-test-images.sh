@@ -99,8 +99,10 @@ import_image() { # instance namespace image ctr-command...
   fi
 }
 
-# ctr sees containerd's "default" namespace; CRI (Kubernetes) uses "k8s.io".
+# ctr sees containerd's "default" namespace; CRI (Kubernetes) uses "k8s.io". The python
+# image goes to "default" too: a container moved between the two containerds runs it.
 import_image containerd default "$IMAGE" ctr
+import_image containerd default "$PY_IMAGE" ctr
 for image in "$IMAGE" "$PY_IMAGE" "$PAUSE_IMAGE"; do
   import_image containerd k8s.io "$image" ctr
 done
@@ -108,6 +110,7 @@ C2_CTR=/opt/lightwhale/containerd2/usr/bin/ctr
 C2_SOCK=/run/lightwhale-containerd2/containerd.sock
 if [ -x "$C2_CTR" ] && "$C2_CTR" --address "$C2_SOCK" version >/dev/null 2>&1; then
   import_image containerd2 default "$IMAGE" "$C2_CTR" --address "$C2_SOCK"
+  import_image containerd2 default "$PY_IMAGE" "$C2_CTR" --address "$C2_SOCK"
   for image in "$IMAGE" "$PY_IMAGE" "$PAUSE_IMAGE"; do
     import_image containerd2 k8s.io "$image" "$C2_CTR" --address "$C2_SOCK"
   done

@@ -9,6 +9,7 @@ mod control;
 mod docker;
 mod inspect;
 mod metrics;
+mod moving;
 mod resolve;
 mod serve;
 mod store;
@@ -111,6 +112,44 @@ enum Cmd {
         /// Where the node keeps templates (`<image-dir>/.templates` when the node config
         /// moves its image directory).
         #[arg(long, global = true, value_name = "DIR", default_value = lightwhale_status::TEMPLATES_DIR)]
+        dir: PathBuf,
+    },
+    /// Write a sleeping container (put to sleep first if awake) to FILE: its checkpoint,
+    /// its filesystem changes, containerd's record of it, and a checksum of each.
+    Export {
+        /// The container: id, unique id prefix, or name.
+        id: String,
+        /// The archive to write.
+        file: PathBuf,
+        /// containerd's socket (for the container's image and spec).
+        #[arg(long, value_name = "SOCKET", default_value = moving::CONTAINERD)]
+        address: PathBuf,
+    },
+    /// Import an exported container on this host: check the archive and the host, create
+    /// the container through containerd and leave it asleep, to wake on its first
+    /// connection with its memory and files as they were.
+    Import {
+        /// The archive `lightwhale export` wrote.
+        file: PathBuf,
+        /// The container's id here (default: the source's). The namespace is the
+        /// source's unless -n says otherwise.
+        #[arg(long)]
+        id: Option<String>,
+        /// containerd's socket to create the container through.
+        #[arg(long, value_name = "SOCKET", default_value = moving::CONTAINERD)]
+        address: PathBuf,
+        /// Only install it as a template (NAME, or moved-<id>): for a container Docker
+        /// made, run it with --annotation lightwhale.io/template=NAME.
+        #[arg(long)]
+        template_only: bool,
+        /// The template's name (default moved-<id>).
+        #[arg(long)]
+        name: Option<String>,
+        /// Once it runs here, remove the source (when its containerd is on this host).
+        #[arg(long)]
+        remove_source: bool,
+        /// Where the node keeps templates.
+        #[arg(long, value_name = "DIR", default_value = lightwhale_status::TEMPLATES_DIR)]
         dir: PathBuf,
     },
     /// Print a shell completion script, e.g. `lightwhale completions bash >
@@ -253,6 +292,32 @@ fn run(cli: Cli, dirs: &Dirs, docker: &Docker) -> Result<()> {
                 emit(format!("{}\n", view::clean(&name)).as_bytes())
             }
         },
+        Cmd::Export { id, file, address } => {
+            let all = load(dirs.live)?;
+            let e = resolve::resolve(&all, &id, ns, |q| docker.id_of(q))?;
+            emit(moving::export(e, &file, &address)?.as_bytes())
+        }
+        Cmd::Import {
+            file,
+            id,
+            address,
+            template_only,
+            name,
+            remove_source,
+            dir,
+        } => emit(
+            moving::import(moving::ImportOpts {
+                file: &file,
+                templates: &dir,
+                name,
+                address: (!template_only).then_some(address),
+                namespace: ns.map(str::to_string),
+                id,
+                remove_source,
+                status_dir: dirs.live,
+            })?
+            .as_bytes(),
+        ),
         Cmd::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(

@@ -51,8 +51,11 @@ pub fn serve(c: &Arc<Container>) {
                         .await
                         .map(drop)
                         .map_err(|e| e.to_string()),
+                    Some(Command::Export(dir)) => {
+                        c.export_to(&dir).await.map(drop).map_err(|e| e.to_string())
+                    }
                     None => Err(format!(
-                        "unknown command {:?} (sleep, doze, wake, status, template NAME)",
+                        "unknown command {:?} (sleep, doze, wake, status, template NAME, export DIR)",
                         line.trim()
                     )),
                 };

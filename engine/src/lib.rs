@@ -27,6 +27,7 @@ pub mod doze;
 pub mod error;
 pub mod events;
 pub mod exec;
+pub mod export;
 pub mod freezer;
 pub mod group;
 pub mod hold;

@@ -69,6 +69,7 @@ pub fn set_subreaper() -> crate::Result<()> {
 /// die with whichever runtime installed it first, and every later exit would go unreaped.
 pub fn install() -> crate::Result<()> {
     static INSTALLED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    RUNNING.store(true, std::sync::atomic::Ordering::Relaxed);
     let result = INSTALLED.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
         let spawned = std::thread::Builder::new()
@@ -111,6 +112,45 @@ pub fn install() -> crate::Result<()> {
         what: "start the child reaper",
         path: "SIGCHLD".into(),
         source: std::io::Error::other(message),
+    })
+}
+
+/// Set once [`install`] has been called: from then on only the reaper may wait.
+static RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Runs `cmd` to its end with its stdout and stderr captured. Where the reaper runs, the
+/// exit comes from it (a wait of our own would race it for the status and lose: ECHILD);
+/// elsewhere (a unit test) a plain wait.
+pub async fn output(mut cmd: std::process::Command) -> std::io::Result<std::process::Output> {
+    use std::os::unix::process::ExitStatusExt;
+    if !RUNNING.load(std::sync::atomic::Ordering::Relaxed) {
+        return tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .map_err(std::io::Error::other)?;
+    }
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let since = Instant::now();
+    let mut child = cmd.spawn()?;
+    let exit = subscribe(child.id() as i32, since);
+    let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        tokio::task::spawn_blocking(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = read(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = read(child.stderr.take().map(|p| Box::new(p) as _));
+    let (stdout, stderr) = (out.await.unwrap_or_default(), err.await.unwrap_or_default());
+    let status = exit.await.map(|e| e.status).unwrap_or(255);
+    Ok(std::process::Output {
+        status: std::process::ExitStatus::from_raw((status & 0xff) << 8),
+        stdout,
+        stderr,
     })
 }
 

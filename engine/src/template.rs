@@ -35,6 +35,10 @@ pub enum TemplateError {
     Wake(#[from] WakeError),
     #[error("cannot take a template of a container that is {0}")]
     NotAwake(State),
+    #[error("only a sleeping container is exported, and this one is {0}: put it to sleep first (lightwhale sleep ID)")]
+    NotAsleep(State),
+    #[error("it woke while being exported: export it again once it sleeps")]
+    WokeDuringExport,
     #[error("cannot take a template of a container with a terminal (CRIU cannot restore a pty into another container)")]
     Terminal,
     #[error("template {name}: checkpoint failed (the container runs on): {source}\n--- CRIU dump.log (tail) ---\n{criu_log}")]
@@ -117,19 +121,18 @@ impl Container {
                 criu_log,
             });
         }
+        let criu_version = criu_version().await;
+        let rootfs = rootfs_of(&self.bundle, &spec);
+        let overlay = overlay_at(&rootfs);
+        let fs_changes = match overlay.as_ref().and_then(|o| o.upper.as_deref()) {
+            Some(upper) => keep_fs_changes(upper, &tmp).await.map(Some),
+            None => Ok(None),
+        };
         let kept = (|| {
-            let rootfs = rootfs_of(&self.bundle, &spec);
-            let overlay = overlay_at(&rootfs);
-            let fs_changes_bytes =
-                match overlay.as_ref().and_then(|o| o.upper.as_deref()) {
-                    Some(upper) => Some(keep_fs_changes(upper, &tmp).map_err(|why| {
-                        TemplateError::FsChanges {
-                            name: name.to_string(),
-                            why,
-                        }
-                    })?),
-                    None => None,
-                };
+            let fs_changes_bytes = fs_changes.map_err(|why| TemplateError::FsChanges {
+                name: name.to_string(),
+                why,
+            })?;
             let meta = TemplateMeta {
                 schema: lightwhale_status::template::TEMPLATE_SCHEMA,
                 name: name.to_string(),
@@ -145,7 +148,7 @@ impl Container {
                 kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                     .map(|s| s.trim().to_string())
                     .unwrap_or_default(),
-                criu_version: criu_version(),
+                criu_version,
             };
             let bytes = serde_json::to_vec_pretty(&meta).map_err(std::io::Error::other);
             bytes
@@ -181,7 +184,7 @@ pub(crate) struct CloneSource {
 /// the template's filesystem changes over its root. Err: why it starts cold instead
 /// (nothing has been changed in the root then, unless the changes were half applied,
 /// which is said).
-pub(crate) fn clone_source(
+pub(crate) async fn clone_source(
     templates: &Path,
     name: &str,
     bundle: &Path,
@@ -204,6 +207,7 @@ pub(crate) fn clone_source(
     }
     let dir = lightwhale_status::template::template_dir(templates, name);
     apply_fs_changes(&dir, &rootfs)
+        .await
         .map_err(|e| format!("template {name}: its filesystem changes: {e}"))?;
     Ok(CloneSource {
         images: dir.join("images"),
@@ -236,7 +240,7 @@ where
             restore_ms: None,
         }
     };
-    let source = match clone_source(templates, name, bundle) {
+    let source = match clone_source(templates, name, bundle).await {
         Ok(s) => s,
         Err(reason) => return cold(reason),
     };
@@ -275,12 +279,12 @@ where
     }
 }
 
-fn read_spec(bundle: &Path) -> std::io::Result<Value> {
+pub(crate) fn read_spec(bundle: &Path) -> std::io::Result<Value> {
     let bytes = std::fs::read(bundle.join("config.json"))?;
     serde_json::from_slice(&bytes).map_err(std::io::Error::other)
 }
 
-fn rootfs_of(bundle: &Path, spec: &Value) -> PathBuf {
+pub(crate) fn rootfs_of(bundle: &Path, spec: &Value) -> PathBuf {
     let p = PathBuf::from(
         spec.pointer("/root/path")
             .and_then(Value::as_str)
@@ -293,7 +297,7 @@ fn rootfs_of(bundle: &Path, spec: &Value) -> PathBuf {
     }
 }
 
-fn fit_of(spec: &Value, overlay: Option<&Overlay>) -> TemplateFit {
+pub(crate) fn fit_of(spec: &Value, overlay: Option<&Overlay>) -> TemplateFit {
     let strings = |ptr: &str| -> Vec<String> {
         spec.pointer(ptr)
             .and_then(Value::as_array)
@@ -342,13 +346,13 @@ fn fit_of(spec: &Value, overlay: Option<&Overlay>) -> TemplateFit {
 
 /// The overlay mounted at a container's root, as the host sees it.
 #[derive(Debug)]
-struct Overlay {
+pub(crate) struct Overlay {
     /// Lower layers, resolved, without Docker's per-container `-init` layer.
-    image_layers: Vec<String>,
-    upper: Option<PathBuf>,
+    pub image_layers: Vec<String>,
+    pub upper: Option<PathBuf>,
 }
 
-fn overlay_at(rootfs: &Path) -> Option<Overlay> {
+pub(crate) fn overlay_at(rootfs: &Path) -> Option<Overlay> {
     let rootfs = std::fs::canonicalize(rootfs).ok()?;
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     // The last mount at that point is the one in force.
@@ -406,7 +410,7 @@ fn unescape(s: &str) -> String {
 
 /// Keeps the upper layer `upper` in `dir`: `fs.tar` of what it added or changed, and
 /// `whiteouts` (one path a line) of what it deleted. Returns the tar's size.
-fn keep_fs_changes(upper: &Path, dir: &Path) -> Result<u64, String> {
+pub(crate) async fn keep_fs_changes(upper: &Path, dir: &Path) -> Result<u64, String> {
     let mut files = Vec::new();
     let mut whiteouts = Vec::new();
     walk(upper, Path::new("."), &mut files, &mut whiteouts)
@@ -419,15 +423,16 @@ fn keep_fs_changes(upper: &Path, dir: &Path) -> Result<u64, String> {
     }
     std::fs::write(&list, nul).map_err(|e| format!("write {}: {e}", list.display()))?;
     let tar = dir.join("fs.tar");
-    let out = std::process::Command::new("tar")
-        .args(["--create", "--no-recursion", "--null", "--numeric-owner"])
+    let mut cmd = std::process::Command::new("tar");
+    cmd.args(["--create", "--no-recursion", "--null", "--numeric-owner"])
         .arg("--file")
         .arg(&tar)
         .arg("--directory")
         .arg(upper)
         .arg("--files-from")
-        .arg(&list)
-        .output()
+        .arg(&list);
+    let out = crate::reaper::output(cmd)
+        .await
         .map_err(|e| format!("run tar: {e}"))?;
     let _ = std::fs::remove_file(&list);
     if !out.status.success() {
@@ -471,7 +476,7 @@ fn walk(
     Ok(())
 }
 
-fn apply_fs_changes(dir: &Path, rootfs: &Path) -> Result<(), String> {
+async fn apply_fs_changes(dir: &Path, rootfs: &Path) -> Result<(), String> {
     let tar = dir.join("fs.tar");
     if !tar.exists() {
         return Ok(());
@@ -493,18 +498,19 @@ fn apply_fs_changes(dir: &Path, rootfs: &Path) -> Result<(), String> {
         };
         r.map_err(|e| format!("remove {}: {e}", p.display()))?;
     }
-    let out = std::process::Command::new("tar")
-        .args([
-            "--extract",
-            "--same-owner",
-            "--same-permissions",
-            "--numeric-owner",
-        ])
-        .arg("--file")
-        .arg(&tar)
-        .arg("--directory")
-        .arg(rootfs)
-        .output()
+    let mut cmd = std::process::Command::new("tar");
+    cmd.args([
+        "--extract",
+        "--same-owner",
+        "--same-permissions",
+        "--numeric-owner",
+    ])
+    .arg("--file")
+    .arg(&tar)
+    .arg("--directory")
+    .arg(rootfs);
+    let out = crate::reaper::output(cmd)
+        .await
         .map_err(|e| format!("run tar: {e}"))?;
     if !out.status.success() {
         return Err(format!(
@@ -515,7 +521,7 @@ fn apply_fs_changes(dir: &Path, rootfs: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn pages_bytes(images: &Path) -> u64 {
+pub(crate) fn pages_bytes(images: &Path) -> u64 {
     std::fs::read_dir(images)
         .into_iter()
         .flatten()
@@ -531,12 +537,11 @@ fn pages_bytes(images: &Path) -> u64 {
 }
 
 /// CRIU's version as it says it ("4.2.1").
-fn criu_version() -> Option<String> {
+pub(crate) async fn criu_version() -> Option<String> {
     let criu = crate::runc::Runc::find_binary("criu")?;
-    let out = std::process::Command::new(criu)
-        .arg("--version")
-        .output()
-        .ok()?;
+    let mut cmd = std::process::Command::new(criu);
+    cmd.arg("--version");
+    let out = crate::reaper::output(cmd).await.ok()?;
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("Version:"))
@@ -569,8 +574,8 @@ mod tests {
         assert!(!f.terminal);
     }
 
-    #[test]
-    fn filesystem_changes_go_over_another_root() {
+    #[tokio::test]
+    async fn filesystem_changes_go_over_another_root() {
         let d = tempfile::tempdir().expect("tempdir");
         let (upper, keep, root) = (d.path().join("u"), d.path().join("t"), d.path().join("r"));
         for p in [&upper, &keep, &root] {
@@ -585,8 +590,8 @@ mod tests {
             .expect("path");
         // SAFETY: a valid NUL-terminated path; mknod does not keep it.
         let whiteout = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, 0) } == 0;
-        keep_fs_changes(&upper, &keep).expect("keep");
-        apply_fs_changes(&keep, &root).expect("apply");
+        keep_fs_changes(&upper, &keep).await.expect("keep");
+        apply_fs_changes(&keep, &root).await.expect("apply");
         assert_eq!(
             std::fs::read(root.join("var/data/state")).expect("read"),
             b"42"

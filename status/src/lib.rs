@@ -498,6 +498,8 @@ pub enum Command {
     Status,
     /// Take a template of the running container, under this name.
     Template(String),
+    /// Write what moving the sleeping container needs into this new directory.
+    Export(PathBuf),
 }
 
 impl Command {
@@ -509,6 +511,7 @@ impl Command {
             Command::Wake => "wake".into(),
             Command::Status => "status".into(),
             Command::Template(name) => format!("template {name}"),
+            Command::Export(dir) => format!("export {}", dir.display()),
         }
     }
 
@@ -518,6 +521,9 @@ impl Command {
             "doze" => Some(Command::Doze),
             "wake" => Some(Command::Wake),
             "status" => Some(Command::Status),
+            other if other.starts_with("export /") => {
+                Some(Command::Export(PathBuf::from(&other["export ".len()..])))
+            }
             other => other
                 .strip_prefix("template ")
                 .map(str::trim)
@@ -755,10 +761,12 @@ mod tests {
             Command::Doze,
             Command::Status,
             Command::Template("warm-1".into()),
+            Command::Export("/var/tmp/a b".into()),
         ] {
             assert_eq!(Command::parse(&format!("{}\n", c.line())), Some(c));
         }
         assert_eq!(Command::parse("dance"), None);
         assert_eq!(Command::parse("template ../etc"), None);
+        assert_eq!(Command::parse("export relative/dir"), None);
     }
 }

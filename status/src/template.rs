@@ -40,7 +40,9 @@ pub struct TemplateFit {
 impl TemplateFit {
     /// Why a container described by `other` cannot start from this template (None: it can).
     pub fn mismatch(&self, other: &TemplateFit) -> Option<String> {
-        if self.image_layers != other.image_layers {
+        // A template without layers (a root that is no overlay; an imported one, whose
+        // layers were another host's paths) leaves the image to whoever made the clone.
+        if !self.image_layers.is_empty() && self.image_layers != other.image_layers {
             return Some("a different image (its layers differ)".into());
         }
         if self.args != other.args {
@@ -234,7 +236,18 @@ mod tests {
         );
         let mut o = t.clone();
         o.image_layers = vec!["/l/1".into()];
-        assert!(t.mismatch(&o).is_some_and(|m| m.contains("image")));
+        assert_eq!(
+            t.mismatch(&o),
+            None,
+            "a template without layers leaves the image be"
+        );
+        let with_layers = TemplateFit {
+            image_layers: vec!["/l/2".into()],
+            ..t.clone()
+        };
+        assert!(with_layers
+            .mismatch(&o)
+            .is_some_and(|m| m.contains("image")));
         let mut o = t.clone();
         o.mounts.push("/data".into());
         assert!(t.mismatch(&o).is_some_and(|m| m.contains("/data")));
