@@ -212,10 +212,14 @@ impl Task for Service {
         let bundle = PathBuf::from(&req.bundle);
         let spec =
             BundleSpec::load(&bundle).map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
-        let sleep_cfg =
+        let mut sleep_cfg =
             config::sleep_config(&spec.annotations(), &self.node, &config::profile_dirs())
                 .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
         let pod = self.pod_role(&spec);
+        if matches!(pod, PodRole::Sandbox) {
+            // A pod's annotations reach its sandbox too: the template is its containers'.
+            sleep_cfg.template = None;
+        }
         let binary_name = if opts.binary_name.is_empty() {
             "runc"
         } else {

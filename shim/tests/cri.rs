@@ -46,6 +46,7 @@ on_both!(
     pod_annotations_apply_and_a_container_overrides_them,
     a_container_removed_while_asleep_frees_its_port,
     a_dozing_pod_answers_its_probes_and_a_request_thaws_it,
+    a_pod_annotated_with_a_template_starts_from_it,
 );
 
 const SERVE: Duration = Duration::from_secs(20);
@@ -635,4 +636,61 @@ fn a_container_removed_while_asleep_frees_its_port(cri: &Cri) {
     );
     let c = pod.container(&again);
     assert_eq!(c["status"]["state"], "CONTAINER_RUNNING", "{c}");
+}
+
+/// A pod annotated `lightwhale.io/template` starts its container from the template taken
+/// of another pod's: the count goes on from the template's, at the new pod's own address;
+/// the sandbox, which gets the pod's annotations too, starts as it always does.
+fn a_pod_annotated_with_a_template_starts_from_it(cri: &Cri) {
+    cri.require();
+    let config = cri.pod_config("cri-tplsrc", &[("lightwhale.io/idle-timeout", "1h")]);
+    let (_src, src_ip, src_id) = counter_pod(cri, config);
+    assert_eq!(count(src_ip, 8080), 2);
+    let tpl = common::unique("cri-warm");
+    let out = common::run(
+        "lightwhale",
+        &["template", "create", &tpl, "--from", &src_id],
+    );
+    let _tpl = TemplateGone(tpl.clone());
+    assert_eq!(out.code, 0, "{}: {out:?}", cri.label);
+    let config = cri.pod_config(
+        "cri-tplclone",
+        &[
+            ("lightwhale.io/idle-timeout", "1h"),
+            ("lightwhale.io/template", &tpl),
+        ],
+    );
+    let pod = match cri.runp(config) {
+        Ok(pod) => pod,
+        Err(failed) => panic!("{}: runp failed: {:?}", cri.label, failed.out),
+    };
+    let ip = pod.ip();
+    assert_ne!(ip, src_ip);
+    let id = pod
+        .create("web", counter(8080))
+        .unwrap_or_else(|out| panic!("{}: create failed: {out:?}", cri.label));
+    cri.ok(&["start", &id]);
+    assert!(
+        eventually(SERVE, || request(ip, 8080, "/digest", "test").is_some()),
+        "{}: the clone does not answer",
+        cri.label
+    );
+    assert_eq!(
+        count(ip, 8080),
+        3,
+        "{}: the template's count goes on",
+        cri.label
+    );
+    let s = lw_status("k8s.io", &id);
+    assert_eq!(s["template"]["restored"], true, "{}: {s}", cri.label);
+    assert_eq!(count(src_ip, 8080), 3, "the source counts on its own");
+}
+
+/// Removes a template when dropped.
+struct TemplateGone(String);
+
+impl Drop for TemplateGone {
+    fn drop(&mut self) {
+        let _ = common::run("lightwhale", &["template", "rm", &self.0]);
+    }
 }
