@@ -735,6 +735,111 @@ def doze(n, sizes, n_cold):
     return out
 
 
+def first_answer(port, expect, deadline_s=120):
+    """Milliseconds until GET / on `port` first answers (None if it never does); the answer
+    must be `expect` (a clone's count goes on from its template's)."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < deadline_s:
+        r = request("127.0.0.1", port, timeout=2)
+        if r is not None:
+            if r[1] != str(expect):
+                FAILED.append((f"clone on {port}", f"answered {r[1]!r}, expected {expect!r}: state lost"))
+            return (time.perf_counter() - t0) * 1000
+        time.sleep(0.002)
+    FAILED.append((f"clone on {port}", "never answered"))
+    return None
+
+
+def template_source(label, image_cmd, env):
+    """A warmed source under lightwhale and its template: (template name, source name,
+    the count it had, create ms, template record)."""
+    tpl = f"lwbench-{label}"
+    sh("lightwhale", "template", "rm", tpl, check=False)
+    src, port = f"{PREFIX}tplsrc-{label}", free_port()
+    rm(src)
+    run("lightwhale", src, image_cmd, publish=port, env=env, annotations=["lightwhale.io/idle-timeout=1h"])
+    wait_serving("127.0.0.1", port, deadline_s=300)
+    count = 1
+    for _ in range(5):
+        count += 1
+        checked(f"{src} warm", "127.0.0.1", port, count)
+    t0 = time.perf_counter()
+    sh("lightwhale", "template", "create", tpl, "--from", src)
+    create_ms = (time.perf_counter() - t0) * 1000
+    meta = json.loads(sh("lightwhale", "template", "inspect", tpl))
+    return tpl, src, count, create_ms, meta
+
+
+def clone(tpl, name, image_cmd, env, expect):
+    """`docker run` of a clone of template `tpl`: (ms to its first byte, restore ms, id)."""
+    port = free_port()
+    rm(name)
+    t0 = time.perf_counter()
+    cid = run("lightwhale", name, image_cmd, publish=port, env=env,
+              annotations=["lightwhale.io/idle-timeout=1h", f"lightwhale.io/template={tpl}"])
+    ms = first_answer(port, expect)
+    total = (time.perf_counter() - t0) * 1000 if ms is not None else None
+    used = status(cid).get("template") or {}
+    if not used.get("restored"):
+        FAILED.append((name, f"started cold: {used.get('reason')}"))
+    return total, used.get("restore_ms"), cid
+
+
+def template_starts(label, image_cmd, env, n, n_cold, n_wake):
+    """One service: cold start (runc), start from a template, CRIU wake."""
+    tpl, src, count, create_ms, meta = template_source(label, image_cmd, env)
+    starts, restores = [], []
+    for i in range(n):
+        name = f"{PREFIX}tpl-{label}-{i}"
+        total, restore_ms, _ = clone(tpl, name, image_cmd, env, count + 1)
+        starts.append(total)
+        restores.append(restore_ms)
+        rm(name)
+    rm(src)
+    sh("lightwhale", "template", "rm", tpl, check=False)
+    wake = sleep_wake_cycles(f"{PREFIX}tplwake-{label}", image_cmd, n_wake, "auto", env=env, counter=True)
+    rm(f"{PREFIX}tplwake-{label}")
+    return {"cold_ms": cold_docker_run("runc", image_cmd, n_cold, env=env), "template_ms": starts,
+            "restore_ms": restores, "wake_ms": wake["wake_ms"], "create_ms": create_ms,
+            "images_bytes": meta.get("images_bytes"), "checkpoint_ms": meta.get("checkpoint_ms")}
+
+
+def clone_herd(n, mib=256):
+    """n clones of one template started together: all must answer with the template's
+    state; host memory and disk per clone."""
+    env = [f"MEMORY_MIB={mib}"]
+    tpl, src, count, _, meta = template_source(f"herd{mib}", PYTHON, env)
+    names = [f"{PREFIX}tplherd-{i}" for i in range(n)]
+    rm(*names)
+    before = meminfo_kib()
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        done = list(pool.map(lambda name: clone(tpl, name, PYTHON, env, count + 1), names))
+    all_ms = (time.perf_counter() - t0) * 1000
+    after = meminfo_kib()
+    answered = sum(1 for total, _, _ in done if total is not None)
+    disk = []
+    for _, _, cid in done:
+        rw = sh(DOCKER, "inspect", "-s", "-f", "{{.SizeRw}}", cid, check=False)
+        own = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(f"/var/lib/lightwhale/moby/{cid}")
+                  for f in fs if os.path.isfile(os.path.join(d, f)))
+        disk.append((int(rw) if rw.strip().isdigit() else 0) + own)
+    rm(*names, src)
+    sh("lightwhale", "template", "rm", tpl, check=False)
+    return {"n": n, "mib": mib, "answered": answered, "all_answered_ms": all_ms,
+            "first_byte_ms": [t for t, _, _ in done], "restore_ms": [r for _, r, _ in done],
+            "memory_per_clone_kib": (before["MemAvailable"] - after["MemAvailable"]) / n,
+            "disk_per_clone_bytes": med(disk), "template_images_bytes": meta.get("images_bytes")}
+
+
+def templates(n, n_cold, n_clones):
+    out = {"python 256 MiB": template_starts("py256", PYTHON, ["MEMORY_MIB=256"], n, n_cold, max(3, n // 2))}
+    if jvm_image():
+        out["jvm 200 MiB heap"] = template_starts("jvm", JVM, ["HEAP_MIB=200"], n, n_cold, max(3, n // 2))
+    out["herd"] = clone_herd(n_clones)
+    return out
+
+
 def plot(sweep, path):
     try:
         import matplotlib
@@ -787,7 +892,7 @@ def versions():
     }
 
 
-SECTIONS = ("latency", "memory", "shim", "density", "throughput", "herd", "cri", "doze")
+SECTIONS = ("latency", "memory", "shim", "density", "throughput", "herd", "cri", "doze", "template")
 
 
 def main():
@@ -885,6 +990,11 @@ def main():
         log("8/8 doze: thaw to first byte and dozing memory (busybox, python 16/200 MiB)")
         res["doze"] = doze(10 if quick else 40, (16, 200), n_cold)
 
+    # 9. templates: new containers restored from a warmed one's checkpoint
+    if "template" in only:
+        log("9/9 template: cold start vs start from a template vs CRIU wake; clones started together")
+        res["template"] = templates(5 if quick else 10, n_cold, 10 if quick else 20)
+
     if "latency" in res:
         lat = res["latency"]
         res.update({
@@ -952,7 +1062,7 @@ def print_tables(r):
           f"{r['duration_s']} s")
     for key, section in (("latency", print_latency), ("memory", print_memory), ("shim", print_shim),
                          ("density", print_density), ("throughput_rps", print_throughput), ("herd", print_herd),
-                         ("cri", print_cri), ("doze", print_doze)):
+                         ("cri", print_cri), ("doze", print_doze), ("template", print_template)):
         if key in r:
             print()
             section(r[key])
@@ -1090,6 +1200,33 @@ def print_doze(dz):
             cold, thaw = med(r["cold_ms"]), med(r["thaw_ms"])
             print(f"\n{label}: cold start (`docker run` under runc, to first byte) p50 {fmt(cold)} ms; "
                   f"thaw to first byte p50 {fmt(thaw, 2)} ms: 1/{fmt(cold / thaw) if thaw else '-'} of it.")
+
+
+def print_template(t):
+    print("### 9. Templates: a new container restored from a warmed one's checkpoint\n")
+    print("Each start: `docker run` (lightwhale, `lightwhale.io/template`) to the first byte through the published "
+          "port, its answer checked (the count goes on from the template's). Cold start: `docker run` under runc "
+          "to first byte. CRIU wake: the same service's sleep/wake, connect to first byte.\n")
+    print("| service | cold start p50 | from template p50 (p99) | of which restore p50 | share of cold | CRIU wake p50 "
+          "| template: checkpoint / images | samples |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, r in t.items():
+        if label == "herd":
+            continue
+        cold, tpl = med(r["cold_ms"]), med([x for x in r["template_ms"] if x is not None])
+        share = f"1/{cold / tpl:.1f}" if cold and tpl else "-"
+        print(f"| {label} | {fmt(cold)} ms | {fmt(tpl)} ({fmt(pct([x for x in r['template_ms'] if x], 99))}) ms "
+              f"| {fmt(med([x for x in r['restore_ms'] if x]))} ms | {share} | {fmt(med([x for x in r['wake_ms'] if x]))} ms "
+              f"| {fmt(r['checkpoint_ms'])} ms / {(r['images_bytes'] or 0) / 1048576:.0f} MiB | {len(r['template_ms'])} |")
+    h = t.get("herd")
+    if h:
+        fb = [x for x in h["first_byte_ms"] if x is not None]
+        print(f"\n{h['n']} clones of a {h['mib']} MiB python service started at once: {h['answered']}/{h['n']} answered "
+              f"with the template's state; first byte p50 {fmt(med(fb))} ms, p99 {fmt(pct(fb, 99))} ms, all in "
+              f"{fmt(h['all_answered_ms'])} ms. Host memory per clone (MemAvailable, before and after) "
+              f"{h['memory_per_clone_kib'] / 1024:.0f} MiB; disk per clone (writable layer + its own image dir) "
+              f"{h['disk_per_clone_bytes'] / 1024:.0f} KiB; the template's images, shared by all, "
+              f"{(h['template_images_bytes'] or 0) / 1048576:.0f} MiB.")
 
 
 if __name__ == "__main__":

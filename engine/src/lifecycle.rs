@@ -224,6 +224,7 @@ impl Container {
         let init = Process::new("", stdio, Vec::new());
         let since = Instant::now();
         let mut template_use = None;
+        let mut template_fill = None;
         let setup = async {
             let mut spec = BundleSpec::load(&bundle).map_err(ContainerError::InvalidInput)?;
             let mut netns_path = None;
@@ -293,18 +294,19 @@ impl Container {
                         .await
                         .map_err(|e| e.to_string())
                 };
-                let used = crate::template::start_from_template(
+                let (used, fill) = crate::template::start_from_template(
                     runtime.as_ref(),
                     &id,
                     &bundle,
                     &dirs.templates,
                     name,
-                    &image_root,
+                    &config,
                     restore,
                 )
                 .await;
                 let restored = used.restored;
                 template_use = Some(used);
+                template_fill = fill;
                 if restored {
                     return Ok((read_pid(&pid_file)?, host_and_name));
                 }
@@ -362,6 +364,9 @@ impl Container {
         c.write_initial_status();
         crate::control::serve(&c);
         c.watch_init(pid, since);
+        if let Some(daemon) = template_fill {
+            c.watch_fill(daemon, pid, false);
+        }
         Ok(c)
     }
 

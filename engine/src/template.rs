@@ -12,14 +12,16 @@
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use lightwhale_status::{TemplateFit, TemplateMeta, TemplateUse};
 use serde_json::Value;
 use tracing::{info, warn};
 
+use crate::config::SleepConfig;
 use crate::container::{ms, tail, Container};
 use crate::events::Trigger;
+use crate::lazy::LazyPages;
 use crate::runc::{CheckpointOpts, RestoreOpts};
 use crate::runtime::OciRuntime;
 use crate::state::State;
@@ -178,6 +180,8 @@ impl Container {
 #[derive(Debug)]
 pub(crate) struct CloneSource {
     pub images: PathBuf,
+    /// Bytes of memory pages in the images (what an eager restore reads back).
+    pub pages_bytes: u64,
 }
 
 /// Checks that the container in `bundle` can start from the template `name` and lays
@@ -211,6 +215,7 @@ pub(crate) async fn clone_source(
         .map_err(|e| format!("template {name}: its filesystem changes: {e}"))?;
     Ok(CloneSource {
         images: dir.join("images"),
+        pages_bytes: meta.pages_bytes,
     })
 }
 
@@ -218,58 +223,87 @@ pub(crate) async fn clone_source(
 /// its filesystem changes laid over the root, its images restored by `restore` (the task
 /// runs from there: a restore has no created stage). Any failure leaves nothing of the
 /// restore behind and says why the container starts cold instead.
+///
+/// Post-copy when the configuration says so for the template's pages (as for a wake): the
+/// task runs once its registers and mappings are back, a `criu lazy-pages` daemon serving
+/// its memory from the template's images, which any number of clones share; the daemon
+/// is returned, for `create` to follow until every page is back.
 pub(crate) async fn start_from_template<F, Fut>(
     runtime: &dyn OciRuntime,
     id: &str,
     bundle: &Path,
     templates: &Path,
     name: &str,
-    image_root: &Path,
+    config: &SleepConfig,
     restore: F,
-) -> TemplateUse
+) -> (TemplateUse, Option<LazyPages>)
 where
     F: FnOnce(RestoreOpts) -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
     let cold = |reason: String| {
         warn!(%id, template = name, "starting cold: {reason}");
-        TemplateUse {
+        let used = TemplateUse {
             name: name.to_string(),
             restored: false,
             reason: Some(reason),
-            restore_ms: None,
-        }
+            ..Default::default()
+        };
+        (used, None)
     };
     let source = match clone_source(templates, name, bundle).await {
         Ok(s) => s,
         Err(reason) => return cold(reason),
     };
-    let work = image_root.join("template-work");
+    // In the bundle, not the image directory: a shim starting meanwhile sweeps image
+    // directories that have no status file yet, and this one's is written after create.
+    let work = bundle.join("template-work");
     if let Err(e) = std::fs::create_dir_all(&work) {
         return cold(format!("cannot create {}: {e}", work.display()));
     }
     let t = Instant::now();
+    let mut daemon = None;
+    if config.lazy_for(source.pages_bytes) {
+        let started = match crate::runc::Runc::find_binary("criu") {
+            Some(criu) => LazyPages::start(&criu, &source.images, &work, Duration::from_secs(2))
+                .await
+                .map_err(|e| e.to_string()),
+            None => Err("criu not found in PATH".to_string()),
+        };
+        match started {
+            Ok(d) => daemon = Some(d),
+            Err(e) => warn!(%id, template = name, "post-copy unavailable, restoring eagerly: {e}"),
+        }
+    }
     let restored = restore(RestoreOpts {
         image_path: source.images,
         work_path: Some(work.clone()),
         pid_file: bundle.join("init.pid"),
         log_file: bundle.join("log.json"),
         detach: true,
+        lazy_pages: daemon.is_some(),
         ..Default::default()
     })
     .await;
     match restored {
         Ok(()) => {
             let restore_ms = ms(t.elapsed());
-            info!(%id, template = name, restore_ms, "started from its template");
-            TemplateUse {
+            let lazy = daemon.is_some();
+            info!(%id, template = name, restore_ms, lazy, "started from its template");
+            let used = TemplateUse {
                 name: name.to_string(),
                 restored: true,
                 reason: None,
                 restore_ms: Some(restore_ms),
-            }
+                lazy,
+            };
+            (used, daemon)
         }
         Err(e) => {
+            if let Some(mut d) = daemon {
+                d.kill();
+                d.wait().await;
+            }
             let _ = runtime.delete(id, true).await;
             cold(format!(
                 "restoring template {name} failed: {e}\n--- CRIU restore.log (tail) ---\n{}",

@@ -329,7 +329,7 @@ impl Container {
         *self.memcg.lock().unwrap_or_else(|p| p.into_inner()) = MemoryCgroup::of_pid(pid);
         self.watch_init(pid, since);
         if let Some(d) = daemon {
-            self.watch_fill(d, pid);
+            self.watch_fill(d, pid, true);
         }
         let pending = self.lock().pending_update.take();
         if let Some(resources) = pending {
@@ -344,7 +344,8 @@ impl Container {
     /// Follows the lazy-pages daemon of a restored task until every page is back. A daemon
     /// that dies first leaves holes the kernel would fill with zeros: the task is ended
     /// (with [`WAKE_FAILED_STATUS`]) rather than left to run on memory not its own.
-    fn watch_fill(self: &Arc<Self>, mut daemon: LazyPages, pid: i32) {
+    /// `for_wake`: the fill's time goes to the wake's phases (a clone's start has none).
+    pub(crate) fn watch_fill(self: &Arc<Self>, mut daemon: LazyPages, pid: i32, for_wake: bool) {
         let (tx, rx) = tokio::sync::watch::channel(false);
         let wake_no = {
             let mut r = self.lock();
@@ -362,6 +363,10 @@ impl Container {
             let task_alive = c.init.pid() == pid && c.state() != State::Exited;
             if exit.status == 0 {
                 info!(id = %c.id, fill_ms, "lazy restore: every page is back");
+                if !for_wake {
+                    let _ = tx.send(true);
+                    return;
+                }
                 let mut r = c.lock();
                 if r.status.wakes >= wake_no {
                     if let Some(p) = r.status.last_wake_phases.as_mut() {

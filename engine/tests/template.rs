@@ -8,17 +8,30 @@ mod common;
 
 use std::time::Duration;
 
-use lightwhale_engine::config::SleepConfig;
+use lightwhale_engine::config::{LazyMode, SleepConfig};
 use lightwhale_engine::State;
 
 use common::service::{count, get, start_in, Service};
 
 async fn clone_of(source: &Service, name: &str, template: &str, env: &[&str]) -> Service {
+    clone_with(source, name, template, env, LazyMode::Auto).await
+}
+
+async fn clone_with(
+    source: &Service,
+    name: &str,
+    template: &str,
+    env: &[&str],
+    lazy: LazyMode,
+) -> Service {
     let template = template.to_string();
     start_in(
         name,
         16,
-        move |c: &mut SleepConfig| c.template = Some(template),
+        move |c: &mut SleepConfig| {
+            c.template = Some(template);
+            c.lazy_pages = lazy;
+        },
         "network-lock skip\n",
         env,
         Some(&source.templates),
@@ -49,7 +62,9 @@ async fn clones_start_from_a_template_with_its_memory_and_then_diverge() {
     assert!(again.to_string().contains("exists already"), "{again}");
 
     let b1 = clone_of(&a, "tplc1", "warm", &[]).await;
-    let b2 = clone_of(&a, "tplc2", "warm", &[]).await;
+    // Post-copy: its memory comes from the template's images as it touches it.
+    let b2 = clone_with(&a, "tplc2", "warm", &[], LazyMode::On).await;
+    assert!(b2.c.status().template.is_some_and(|u| u.lazy));
     for b in [&b1, &b2] {
         let used =
             b.c.status()

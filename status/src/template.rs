@@ -108,6 +108,8 @@ pub struct TemplateUse {
     pub reason: Option<String>,
     /// The restore's time (runc restore, CRIU included).
     pub restore_ms: Option<f64>,
+    /// Post-copy: its memory came back from the template's images as it touched it.
+    pub lazy: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
