@@ -86,8 +86,13 @@ fn clones_start_from_a_template_and_serve_on_their_own() {
     assert!(meta["fs_changes_bytes"].as_u64() > Some(0), "{meta}");
 
     let ann = format!("lightwhale.io/template={tpl}");
-    let (_c1, p1, id1) = run_published("lwt-tplc1", "1h", &["--annotation", &ann], &args);
-    let (_c2, p2, id2) = run_published("lwt-tplc2", "1h", &["--annotation", &ann], &args);
+    // Started together: each shim starts while the other restores (a shim starting sweeps
+    // image directories it finds no container for: a restore must not lose its files).
+    let ((_c1, p1, id1), (_c2, p2, id2)) = std::thread::scope(|s| {
+        let one = s.spawn(|| run_published("lwt-tplc1", "1h", &["--annotation", &ann], &args));
+        let two = run_published("lwt-tplc2", "1h", &["--annotation", &ann], &args);
+        (one.join().expect("first clone"), two)
+    });
     for (id, port) in [(&id1, p1), (&id2, p2)] {
         // Its first answer comes from the template's memory: the count goes on.
         assert_eq!(count(port), 4, "{id}");
