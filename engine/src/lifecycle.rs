@@ -409,6 +409,9 @@ impl Container {
         if self.config.enabled {
             crate::monitor::spawn(self);
         }
+        if restored {
+            self.spawn_post_wake();
+        }
         Ok(pid)
     }
 

@@ -199,8 +199,15 @@ impl Container {
         if let Some(g) = self.pod.group() {
             wake_others(g, self);
         }
+        self.spawn_post_wake();
+        Ok(())
+    }
+
+    /// Runs the post-wake hook, if any, in the background: after a wake, and after a
+    /// clone's start from a template (where it re-seeds what the clone inherited). Off
+    /// the request's path: the client's first byte never waits for it.
+    pub(crate) fn spawn_post_wake(self: &Arc<Self>) {
         if let Some(cmd) = self.config.post_wake_exec.clone() {
-            // Off the wake path: the client's first byte never waits for the hook.
             let c = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = crate::hooks::run(&c, "post-wake", &cmd).await {
@@ -209,7 +216,6 @@ impl Container {
                 }
             });
         }
-        Ok(())
     }
 
     /// Waits (at most the configured time) until the restore fits in the host's available

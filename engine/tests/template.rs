@@ -61,7 +61,23 @@ async fn clones_start_from_a_template_with_its_memory_and_then_diverge() {
             .expect_err("a name is taken once");
     assert!(again.to_string().contains("exists already"), "{again}");
 
-    let b1 = clone_of(&a, "tplc1", "warm", &[]).await;
+    // The post-wake hook runs in a clone once it has started: the place to re-seed.
+    let b1 = start_in(
+        "tplc1",
+        16,
+        |c: &mut SleepConfig| {
+            c.template = Some("warm".into());
+            c.post_wake_exec = Some(vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo reseeded > /reseeded".into(),
+            ]);
+        },
+        "network-lock skip\n",
+        &[],
+        Some(&a.templates),
+    )
+    .await;
     // Post-copy: its memory comes from the template's images as it touches it.
     let b2 = clone_with(&a, "tplc2", "warm", &[], LazyMode::On).await;
     assert!(b2.c.status().template.is_some_and(|u| u.lazy));
@@ -78,6 +94,15 @@ async fn clones_start_from_a_template_with_its_memory_and_then_diverge() {
             Some(digest.as_str()),
             "the template's memory"
         );
+    }
+    let marker = b1.c.bundle.join("rootfs/reseeded");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !marker.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the post-wake hook did not run in the clone"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The count goes on from the template's (3), in each clone on its own.
     assert_eq!(count(&b1), 4);
