@@ -104,6 +104,8 @@ pub struct SleepConfig {
     pub wake_memory_wait: Duration,
     /// Node-wide restore slots (0: no limit).
     pub restore_slots: u32,
+    /// Available memory below which idle containers sleep sooner (node-wide).
+    pub memory_floor: Option<u64>,
     /// Start by restoring this template instead of running the entrypoint
     /// (`lightwhale.io/template`).
     pub template: Option<String>,
@@ -119,6 +121,11 @@ pub fn default_restore_slots() -> u32 {
         .unwrap_or(4)
         .max(2)
 }
+
+/// Under memory pressure, how long a container must have been idle before it is put to
+/// sleep ahead of its idle timeout: long enough that a pause between two requests of a
+/// busy client is not taken for idleness.
+pub const PRESSURE_MIN_IDLE: Duration = Duration::from_secs(5);
 
 /// Memory kept free after a restore unless the node config says otherwise.
 pub const DEFAULT_WAKE_MEMORY_RESERVE: u64 = 64 << 20;
@@ -183,6 +190,10 @@ pub struct NodeConfig {
     /// Others wait for a slot: a herd of wakes then finishes one by one instead of all
     /// late together.
     pub max_concurrent_restores: Option<u32>,
+    /// Below this much available memory (a size such as 2Gi; default: off) the node is
+    /// under pressure: idle containers sleep before their idle timeout, the longest idle
+    /// first, once idle for [`PRESSURE_MIN_IDLE`]; busy ones are never touched.
+    pub memory_floor: Option<String>,
 }
 
 impl NodeConfig {
@@ -540,6 +551,12 @@ pub fn sleep_config(
         hook_timeout,
         lazy_pages,
         lazy_threshold,
+        memory_floor: match &node.memory_floor {
+            Some(v) => Some(parse_size(v).ok_or_else(|| {
+                node_err("memory-floor", v, "expected a size such as 2Gi or 500M")
+            })?),
+            None => None,
+        },
         image_budget: match &node.image_budget {
             Some(v) => Some(parse_size(v).ok_or_else(|| {
                 node_err("image-budget", v, "expected a size such as 20Gi or 500M")
@@ -857,5 +874,32 @@ mod tests {
             let _ = valid_profile_name(&s);
             let _ = parse_command(&s);
         }
+    }
+
+    #[test]
+    fn memory_floor_is_a_node_size() {
+        let dirs = [std::env::temp_dir()];
+        let node = NodeConfig {
+            memory_floor: Some("2Gi".into()),
+            sleep: Some(false),
+            ..Default::default()
+        };
+        let c = sleep_config(&[], &node, &dirs).expect("ok");
+        assert_eq!(c.memory_floor, Some(2 << 30));
+        let off = NodeConfig {
+            sleep: Some(false),
+            ..Default::default()
+        };
+        assert_eq!(
+            sleep_config(&[], &off, &dirs).expect("ok").memory_floor,
+            None
+        );
+        let bad = NodeConfig {
+            memory_floor: Some("lots".into()),
+            sleep: Some(false),
+            ..Default::default()
+        };
+        let e = sleep_config(&[], &bad, &dirs).expect_err("refused");
+        assert!(e.to_string().contains("memory-floor"), "{e}");
     }
 }

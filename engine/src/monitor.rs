@@ -5,6 +5,11 @@
 //! doubling, up to 5 minutes) before the next try; a refused doze waits as long as
 //! `doze-after` again.
 //!
+//! Under memory pressure (available memory below the node's `memory-floor`) a container
+//! idle for [`PRESSURE_MIN_IDLE`] sleeps before its idle timeout if no other container on
+//! the node has been idle longer (their status files say since when): the longest idle
+//! go first, one a look, until the floor is cleared; busy ones are never touched.
+//!
 //! Every look also records why the container is not asleep (`NotSleeping`), so that
 //! `lightwhale ps` and `inspect` can answer the question every scale-to-zero system is
 //! asked: why didn't it sleep?
@@ -16,6 +21,7 @@ use lightwhale_status::NotSleeping;
 use tracing::{info, warn};
 
 use crate::activity::{IdleTracker, Probe};
+use crate::config::PRESSURE_MIN_IDLE;
 use crate::container::{now_ms, Container};
 use crate::podnet::{self, PodTraffic};
 use crate::state::State;
@@ -116,7 +122,17 @@ pub fn spawn(c: &Arc<Container>) {
                 sample.in_segs = pod_segments;
                 sample.passive_opens = 0;
             }
-            let idle = tracker.observe(sample, now);
+            let mut idle = tracker.observe(sample, now);
+            let mut pressed = false;
+            let quiet = tracker.busy_cpu_permille().is_none();
+            if !idle && quiet && c.pod.group().is_none() {
+                let quiet_since = unix_ms_at(now - tracker.idle_for(now));
+                if tracker.idle_for(now) >= PRESSURE_MIN_IDLE && pressed_to_sleep(&c, quiet_since) {
+                    info!(id = %c.id, "memory under the node's floor: idle the longest, it sleeps now");
+                    pressed = true;
+                    idle = true;
+                }
+            }
             c.set_idle_ready(idle);
             if let Some(after) = c.config.doze_after {
                 let quiet = tracker.busy_cpu_permille().is_none() && tracker.idle_for(now) >= after;
@@ -171,6 +187,9 @@ pub fn spawn(c: &Arc<Container>) {
             }
             match c.sleep().await {
                 Ok(()) => {
+                    if pressed {
+                        c.update_status(|s| s.counters.pressure_sleeps += 1);
+                    }
                     backoff = FIRST_BACKOFF;
                     held_back = None;
                 }
@@ -197,6 +216,52 @@ pub fn spawn(c: &Arc<Container>) {
         }
     });
     c.own_task(task);
+}
+
+/// Whether the node is under memory pressure (available memory below the configured
+/// floor) and, of the node's awake or dozing containers that have been quiet for
+/// [`PRESSURE_MIN_IDLE`], `c` (quiet since `quiet_since`) has been so the longest: it is
+/// the one to sleep now. One at a time, by their status files: each sleep gives memory
+/// back, and the next look decides again whether another must go.
+fn pressed_to_sleep(c: &Container, quiet_since: u64) -> bool {
+    let Some(floor) = c.config.memory_floor else {
+        return false;
+    };
+    if crate::wake::mem_available().is_none_or(|a| a >= floor) {
+        return false;
+    }
+    let limit = now_ms().saturating_sub(PRESSURE_MIN_IDLE.as_millis() as u64);
+    let mine = (quiet_since, c.namespace.clone(), c.id.clone());
+    let dir = &c.dirs.status;
+    for ns in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+            let path = f.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let Ok(s) = lightwhale_status::read_status(&path) else {
+                continue;
+            };
+            if !matches!(
+                s.state,
+                lightwhale_status::State::Awake | lightwhale_status::State::Dozing
+            ) {
+                continue;
+            }
+            let Some(NotSleeping::Active {
+                quiet_since_unix_ms,
+                ..
+            }) = s.not_sleeping
+            else {
+                continue;
+            };
+            let theirs = (quiet_since_unix_ms, s.namespace.clone(), s.id.clone());
+            if quiet_since_unix_ms <= limit && theirs < mine {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// The traffic counter of a pod member, and the node's addresses as its pod sees them;

@@ -22,20 +22,7 @@ impl Drop for TemplateGuard {
 }
 
 fn counter(extra_env: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = Vec::new();
-    for e in extra_env {
-        v.push("-e".into());
-        v.push(e.to_string());
-    }
-    v.extend([
-        "-e".into(),
-        "MEMORY_MIB=32".into(),
-        PY_IMAGE.into(),
-        "python3".into(),
-        "-c".into(),
-        counter_script(),
-    ]);
-    v
+    python_counter_args(extra_env, 32)
 }
 
 fn count(port: u16) -> u64 {

@@ -194,6 +194,8 @@ pub struct Counters {
     pub thaw_seconds: Histogram,
     /// Memory given back by sleeps, in total.
     pub memory_freed_bytes_total: u64,
+    /// Sleeps taken before the idle timeout because the node was short of memory.
+    pub pressure_sleeps: u64,
 }
 
 /// A duration histogram over [`DURATION_BUCKETS`]: `counts[i]` observations fell in bucket

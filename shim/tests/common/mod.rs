@@ -342,6 +342,25 @@ pub fn try_get_path(port: u16, path: &str, timeout: Duration) -> Option<String> 
         .then(|| body.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
 }
 
+/// `docker run` arguments after the options: `-e` for each of `env`, the counter's
+/// memory, then the python image running examples/counter.py.
+pub fn python_counter_args(env: &[&str], memory_mib: u32) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for e in env {
+        v.push("-e".into());
+        v.push(e.to_string());
+    }
+    v.extend([
+        "-e".into(),
+        format!("MEMORY_MIB={memory_mib}"),
+        PY_IMAGE.into(),
+        "python3".into(),
+        "-c".into(),
+        counter_script(),
+    ]);
+    v
+}
+
 pub fn counter_script() -> String {
     std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
