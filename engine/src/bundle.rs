@@ -170,6 +170,45 @@ pub fn sweep_orphan_images(images: &Path, status: &Path) -> Vec<PathBuf> {
     removed
 }
 
+/// Pids of `runc restore` processes of container `id` under runc root `root`: a wake that
+/// a dead shim had started, still running.
+pub fn restores_in_flight(id: &str, root: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .collect();
+        let is = |s: &str| args.iter().any(|a| *a == s.as_bytes());
+        if is("restore") && is(root) && args.last() == Some(&id.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Waits (at most `limit`) until no restore of container `id` runs any more. A shim
+/// killed mid-wake leaves its `runc restore` running: deleting the container before it
+/// ends would let the restore bring the task back afterwards, with nobody to end it.
+pub async fn wait_for_restores(id: &str, root: &str, limit: std::time::Duration) -> bool {
+    let t = std::time::Instant::now();
+    loop {
+        if restores_in_flight(id, root).is_empty() {
+            return true;
+        }
+        if t.elapsed() >= limit {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 pub(crate) fn remove_dir_quiet(dir: &Path) {
     if let Err(e) = std::fs::remove_dir_all(dir) {
         if e.kind() != std::io::ErrorKind::NotFound {
@@ -216,6 +255,22 @@ mod tests {
             Some(&b"criu said no"[..])
         );
         back.retire_records(None);
+    }
+
+    #[tokio::test]
+    async fn a_restore_in_flight_is_found_and_waited_for() {
+        let id = format!("lw-restore-test-{}", std::process::id());
+        // Looks like `runc --root /x restore ... <id>` to the scan.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 0.5", "--root", "/x/runc", "restore", &id])
+            .spawn()
+            .expect("spawn");
+        assert_eq!(restores_in_flight(&id, "/x/runc"), vec![child.id() as i32]);
+        assert!(restores_in_flight(&id, "/other/root").is_empty());
+        assert!(restores_in_flight("another-id", "/x/runc").is_empty());
+        let waited = tokio::task::spawn_blocking(move || child.wait());
+        assert!(wait_for_restores(&id, "/x/runc", std::time::Duration::from_secs(10)).await);
+        waited.await.expect("join").expect("wait");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use containerd_shim::asynchronous::publisher::RemotePublisher;
@@ -97,6 +98,18 @@ impl Shim for LightwhaleShim {
             std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
         if let Some(state) = BundleState::load(&bundle) {
             let runc = Runc::new(&state.runc_binary, &state.runc_root, state.systemd_cgroup);
+            // A wake the dead shim had started ends first: its task would come back
+            // after this delete otherwise, with no shim to end it.
+            let root = state.runc_root.display().to_string();
+            if !lightwhale_engine::bundle::wait_for_restores(
+                &self.id,
+                &root,
+                Duration::from_secs(60),
+            )
+            .await
+            {
+                warn!(id = %self.id, "a restore of it still runs after 60 s: deleting anyway");
+            }
             if let Err(e) = runc.delete(&self.id, true).await {
                 if !e.is_not_found() {
                     warn!(id = %self.id, ns = %self.namespace, "runc delete: {e}");
