@@ -185,7 +185,7 @@ pub fn restores_in_flight(id: &str, root: &str) -> Vec<i32> {
             .split(|b| *b == 0)
             .filter(|a| !a.is_empty())
             .collect();
-        let is = |s: &str| args.iter().any(|a| *a == s.as_bytes());
+        let is = |s: &str| args.contains(&s.as_bytes());
         if is("restore") && is(root) && args.last() == Some(&id.as_bytes()) {
             pids.push(pid);
         }
