@@ -288,7 +288,7 @@ fn run(cli: Cli, dirs: &Dirs, docker: &Docker) -> Result<()> {
             }
             TemplateCmd::Inspect { name } => emit_json(&template::inspect(&dir, &name)?),
             TemplateCmd::Rm { name } => {
-                template::remove(&dir, &name)?;
+                template::remove(&dir, &name, &load(dirs.live)?)?;
                 emit(format!("{}\n", view::clean(&name)).as_bytes())
             }
         },

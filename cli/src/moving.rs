@@ -48,9 +48,18 @@ struct Manifest {
 /// Removes a directory when dropped (a staging area, whatever happens).
 struct Staging(PathBuf);
 
+impl Staging {
+    /// Keeps the directory after all.
+    fn keep(mut self) {
+        self.0 = PathBuf::new();
+    }
+}
+
 impl Drop for Staging {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
@@ -356,13 +365,24 @@ pub fn import(o: ImportOpts) -> Result<String> {
             bail!("the container did not start from its checkpoint here, and was removed (the source is untouched): {why}");
         }
     }
-    drop(installed);
     let socket = lightwhale_status::control_path(o.status_dir, &namespace, &id);
     let asleep = wait_for(Duration::from_secs(30), || {
         control::request(&socket, &Command::Sleep)
             .ok()
             .filter(|r| r.ok)
     });
+    // The template goes once the container no longer reads it (a post-copy restore
+    // reads it until its memory is all back; a sleep waits for that too).
+    let done = wait_for(Duration::from_secs(60), || {
+        lightwhale_status::read_status(&status)
+            .ok()
+            .filter(|s| !s.template.as_ref().is_some_and(|t| t.reads_images()))
+    });
+    if done.is_some() {
+        drop(installed);
+    } else {
+        installed.keep();
+    }
     let mut out = match asleep {
         Some(_) => format!(
             "imported {} into {namespace}/{id}: asleep, it wakes on its first connection\n",

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use lightwhale_status::template::{check_name, list_templates, read_template, template_dir};
 use lightwhale_status::TemplateMeta;
 
+use crate::store::Entry;
 use crate::view;
 
 /// One line per template: name, source, age, sizes.
@@ -62,12 +63,24 @@ pub fn inspect(dir: &Path, name: &str) -> Result<TemplateMeta> {
     Ok(read_template(dir, name)?)
 }
 
-/// Removes a template. Its clones run on: they were restored from it, they do not read it.
-pub fn remove(dir: &Path, name: &str) -> Result<()> {
+/// Removes a template. Its clones run on: once their memory is back they do not read it;
+/// while a post-copy clone's still comes from it, the removal is refused.
+pub fn remove(dir: &Path, name: &str, live: &[Entry]) -> Result<()> {
     check_name(name).map_err(anyhow::Error::msg)?;
     let path = template_dir(dir, name);
     if !path.join("meta.json").exists() {
         bail!("no template {name} in {}", dir.display());
+    }
+    if let Some(e) = live.iter().find(|e| {
+        e.status
+            .template
+            .as_ref()
+            .is_some_and(|t| t.name == name && t.reads_images())
+    }) {
+        bail!(
+            "clone {} still reads template {name} (its memory is coming back from it): try again in a few seconds",
+            view::short_id(&e.id)
+        );
     }
     // Out of sight first (a dot-name is never listed nor used), then removed.
     let gone = dir.join(format!(".{name}.removing.{}", std::process::id()));
@@ -110,9 +123,27 @@ mod tests {
             inspect(d.path(), "warm").expect("inspect").images_bytes,
             3 << 20
         );
-        remove(d.path(), "warm").expect("rm");
+        let mut status = lightwhale_status::ContainerStatus::new("moby", "c1", Default::default());
+        status.template = Some(lightwhale_status::TemplateUse {
+            name: "warm".into(),
+            restored: true,
+            lazy: true,
+            ..Default::default()
+        });
+        let mut clone = Entry {
+            namespace: "moby".into(),
+            id: "c1".into(),
+            path: d.path().join("c1.json"),
+            status,
+        };
+        let e = remove(d.path(), "warm", std::slice::from_ref(&clone)).expect_err("in use");
+        assert!(e.to_string().contains("still reads template warm"), "{e}");
+        if let Some(t) = clone.status.template.as_mut() {
+            t.fill_ms = Some(80.0);
+        }
+        remove(d.path(), "warm", &[clone]).expect("rm");
         assert!(table(d.path(), 0).0.lines().count() == 1);
-        let e = remove(d.path(), "warm").expect_err("gone");
+        let e = remove(d.path(), "warm", &[]).expect_err("gone");
         assert!(e.to_string().contains("no template warm"), "{e}");
         assert!(inspect(d.path(), "../x").is_err());
     }

@@ -12,11 +12,9 @@ use lightwhale_status::TemplateMeta;
 use tracing::info;
 
 use crate::container::Container;
+use crate::rootfs::{keep_fs_changes, overlay_at, rootfs_of};
 use crate::state::State;
-use crate::template::{
-    criu_version, fit_of, keep_fs_changes, overlay_at, pages_bytes, read_spec, rootfs_of,
-    TemplateError,
-};
+use crate::template::{criu_version, fit_of, pages_bytes, read_spec, TemplateError};
 
 impl Container {
     /// Writes the sleeping container's checkpoint and filesystem changes into `dir` (which

@@ -42,6 +42,7 @@ pub mod privilege;
 pub mod probes;
 pub mod process;
 pub mod reaper;
+pub mod rootfs;
 pub mod runc;
 pub mod runtime;
 pub mod sleep;

@@ -370,6 +370,11 @@ impl Container {
             if exit.status == 0 {
                 info!(id = %c.id, fill_ms, "lazy restore: every page is back");
                 if !for_wake {
+                    c.update_status(|s| {
+                        if let Some(t) = s.template.as_mut() {
+                            t.fill_ms = Some(fill_ms);
+                        }
+                    });
                     let _ = tx.send(true);
                     return;
                 }

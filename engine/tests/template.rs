@@ -81,6 +81,16 @@ async fn clones_start_from_a_template_with_its_memory_and_then_diverge() {
     // Post-copy: its memory comes from the template's images as it touches it.
     let b2 = clone_with(&a, "tplc2", "warm", &[], LazyMode::On).await;
     assert!(b2.c.status().template.is_some_and(|u| u.lazy));
+    // Until its fill ends it reads the template's images (`template rm` refuses meanwhile).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while b2.c.status().template.is_some_and(|u| u.reads_images()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clone's fill never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(b2.c.status().template.is_some_and(|u| u.fill_ms.is_some()));
     for b in [&b1, &b2] {
         let used =
             b.c.status()

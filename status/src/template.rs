@@ -110,6 +110,15 @@ pub struct TemplateUse {
     pub restore_ms: Option<f64>,
     /// Post-copy: its memory came back from the template's images as it touched it.
     pub lazy: bool,
+    /// Post-copy: when every page was back (until then it reads the template's images).
+    pub fill_ms: Option<f64>,
+}
+
+impl TemplateUse {
+    /// Whether the container still reads its template's images.
+    pub fn reads_images(&self) -> bool {
+        self.restored && self.lazy && self.fill_ms.is_none()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
