@@ -49,6 +49,21 @@ pub fn request(socket: &Path, command: &Command) -> Result<Reply> {
     parse_reply(&line)
 }
 
+/// As [`request`], where a refusal is an error: the shim's reason, or a plain one.
+pub fn command(socket: &Path, command: &Command) -> Result<Reply> {
+    let reply = request(socket, command)?;
+    if !reply.ok {
+        return Err(anyhow!(
+            "{}",
+            reply
+                .error
+                .as_deref()
+                .unwrap_or("the shim refused, giving no reason")
+        ));
+    }
+    Ok(reply)
+}
+
 fn parse_reply(line: &str) -> Result<Reply> {
     if line.trim().is_empty() {
         return Err(anyhow!("the shim closed the connection without an answer"));

@@ -257,16 +257,7 @@ fn run(cli: Cli, dirs: &Dirs, docker: &Docker) -> Result<()> {
                 lightwhale_status::template::check_name(&name).map_err(anyhow::Error::msg)?;
                 let all = load(dirs.live)?;
                 let e = resolve::resolve(&all, &from, ns, |q| docker.id_of(q))?;
-                let reply = control::request(&e.socket(), &Command::Template(name.clone()))?;
-                if !reply.ok {
-                    bail!(
-                        "{}",
-                        reply
-                            .error
-                            .as_deref()
-                            .unwrap_or("the shim refused, giving no reason")
-                    );
-                }
+                control::command(&e.socket(), &Command::Template(name.clone()))?;
                 let line = match template::inspect(&dir, &name) {
                     Ok(m) => format!(
                         "template {}: from {}, checkpoint {:.0} ms, {} of images\n",
@@ -381,16 +372,7 @@ fn ps(dirs: &Dirs, docker: &Docker, ns: Option<&str>, format: Format, all: bool)
 fn act(dir: &Path, docker: &Docker, ns: Option<&str>, id: &str, command: Command) -> Result<()> {
     let all = load(dir)?;
     let e = resolve::resolve(&all, id, ns, |q| docker.id_of(q))?;
-    let reply = control::request(&e.socket(), &command)?;
-    if !reply.ok {
-        bail!(
-            "{}",
-            reply
-                .error
-                .as_deref()
-                .unwrap_or("the shim refused, giving no reason")
-        );
-    }
+    let reply = control::command(&e.socket(), &command)?;
     let s = &reply.status;
     let line = format!(
         "{}: {} (sleep {}, wake {})\n",

@@ -147,16 +147,7 @@ pub fn export(e: &Entry, file: &Path, address: &Path) -> Result<String> {
     let _ = std::fs::remove_dir_all(&staging.0);
     std::fs::create_dir(&staging.0).with_context(|| format!("create {}", staging.0.display()))?;
     let payload = staging.0.join("payload");
-    let reply = control::request(&e.socket(), &Command::Export(payload.clone()))?;
-    if !reply.ok {
-        bail!(
-            "{}",
-            reply
-                .error
-                .as_deref()
-                .unwrap_or("the shim refused, giving no reason")
-        );
-    }
+    control::command(&e.socket(), &Command::Export(payload.clone()))?;
     // containerd's own record: what `import` re-creates the container from.
     let mut image = None;
     if let Ok(info) = ctr(address, &e.namespace, &["containers", "info", &e.id]) {

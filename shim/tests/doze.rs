@@ -147,25 +147,8 @@ fn lightwhale_doze_dozes_now_and_a_bad_value_is_refused() {
     assert!(try_get(port, Duration::from_secs(10)).is_some());
     assert_eq!(lw_status(NS, &id)["state"], "awake");
 
-    let bad = unique("lwt-dozebad");
-    let _bad = Cleanup(vec![bad.clone()]);
-    let out = docker(&[
-        "run",
-        "-d",
-        "--name",
-        &bad,
-        "--runtime",
-        LIGHTWHALE,
-        "--annotation",
+    assert_annotation_refused(
         "lightwhale.io/doze-after=sometimes",
-        IMAGE,
-        "sleep",
-        "60",
-    ]);
-    assert_ne!(out.code, 0, "{out:?}");
-    assert!(
-        out.stderr.contains("lightwhale.io/doze-after")
-            && out.stderr.contains("expected off, or a duration"),
-        "{out:?}"
+        "expected off, or a duration",
     );
 }

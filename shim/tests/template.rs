@@ -160,27 +160,7 @@ fn a_container_that_cannot_use_its_template_starts_cold_and_says_why() {
     );
 
     // A name that cannot be one is refused before anything runs.
-    let bad = unique("lwt-tplbad");
-    let _bad = Cleanup(vec![bad.clone()]);
-    let out = docker(&[
-        "run",
-        "-d",
-        "--name",
-        &bad,
-        "--runtime",
-        LIGHTWHALE,
-        "--annotation",
-        "lightwhale.io/template=../etc",
-        IMAGE,
-        "sleep",
-        "60",
-    ]);
-    assert_ne!(out.code, 0, "{out:?}");
-    assert!(
-        out.stderr.contains("lightwhale.io/template")
-            && out.stderr.contains("expected a template name"),
-        "{out:?}"
-    );
+    assert_annotation_refused("lightwhale.io/template=../etc", "expected a template name");
     // And a template is not taken twice under one name, nor of a missing container.
     let out = run(
         "lightwhale",

@@ -413,6 +413,32 @@ pub fn run_published(
     (cleanup, port, id)
 }
 
+/// `docker run` under lightwhale with `annotation` (KEY=VALUE) must be refused; asserts
+/// that it was, naming the annotation and saying `expected` (the accepted form).
+pub fn assert_annotation_refused(annotation: &str, expected: &str) {
+    let name = unique("lwt-badann");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let out = docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--runtime",
+        LIGHTWHALE,
+        "--annotation",
+        annotation,
+        IMAGE,
+        "sleep",
+        "60",
+    ]);
+    assert_ne!(out.code, 0, "{annotation}: {out:?}");
+    let key = annotation.split('=').next().unwrap_or(annotation);
+    assert!(
+        out.stderr.contains(key) && out.stderr.contains(expected),
+        "{annotation}: {out:?}"
+    );
+}
+
 /// busybox's httpd on port 8080, serving the test image's /www.
 pub const HTTPD: [&str; 7] = [IMAGE, "httpd", "-f", "-p", "8080", "-h", "/www"];
 
