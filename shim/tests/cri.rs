@@ -309,6 +309,14 @@ fn count(ip: std::net::IpAddr, port: u16) -> u64 {
 /// A pod whose container "web" runs the counter on port 8080, up and counted once: the
 /// pod (removed when it drops), its address, the container's id.
 fn counter_pod(cri: &Cri, config: PodConfig) -> (Pod, std::net::IpAddr, String) {
+    let (pod, ip, id) = serving_counter_pod(cri, config);
+    assert_eq!(count(ip, 8080), 1);
+    (pod, ip, id)
+}
+
+/// A pod whose container "web" runs the counter on port 8080, once it answers (its count
+/// not asked for): the pod, its address, the container's id.
+fn serving_counter_pod(cri: &Cri, config: PodConfig) -> (Pod, std::net::IpAddr, String) {
     let pod = match cri.runp(config) {
         Ok(pod) => pod,
         Err(failed) => panic!("{}: runp failed: {:?}", cri.label, failed.out),
@@ -326,7 +334,6 @@ fn counter_pod(cri: &Cri, config: PodConfig) -> (Pod, std::net::IpAddr, String) 
         "{}: the counter did not come up",
         cri.label
     );
-    assert_eq!(count(ip, 8080), 1);
     (pod, ip, id)
 }
 
@@ -651,7 +658,7 @@ fn a_pod_annotated_with_a_template_starts_from_it(cri: &Cri) {
         "lightwhale",
         &["template", "create", &tpl, "--from", &src_id],
     );
-    let _tpl = TemplateGone(tpl.clone());
+    let _tpl = common::TemplateGone(tpl.clone());
     assert_eq!(out.code, 0, "{}: {out:?}", cri.label);
     let config = cri.pod_config(
         "cri-tplclone",
@@ -660,21 +667,8 @@ fn a_pod_annotated_with_a_template_starts_from_it(cri: &Cri) {
             ("lightwhale.io/template", &tpl),
         ],
     );
-    let pod = match cri.runp(config) {
-        Ok(pod) => pod,
-        Err(failed) => panic!("{}: runp failed: {:?}", cri.label, failed.out),
-    };
-    let ip = pod.ip();
+    let (_pod, ip, id) = serving_counter_pod(cri, config);
     assert_ne!(ip, src_ip);
-    let id = pod
-        .create("web", counter(8080))
-        .unwrap_or_else(|out| panic!("{}: create failed: {out:?}", cri.label));
-    cri.ok(&["start", &id]);
-    assert!(
-        eventually(SERVE, || request(ip, 8080, "/digest", "test").is_some()),
-        "{}: the clone does not answer",
-        cri.label
-    );
     assert_eq!(
         count(ip, 8080),
         3,
@@ -684,13 +678,4 @@ fn a_pod_annotated_with_a_template_starts_from_it(cri: &Cri) {
     let s = lw_status("k8s.io", &id);
     assert_eq!(s["template"]["restored"], true, "{}: {s}", cri.label);
     assert_eq!(count(src_ip, 8080), 3, "the source counts on its own");
-}
-
-/// Removes a template when dropped.
-struct TemplateGone(String);
-
-impl Drop for TemplateGone {
-    fn drop(&mut self) {
-        let _ = common::run("lightwhale", &["template", "rm", &self.0]);
-    }
 }

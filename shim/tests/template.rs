@@ -12,15 +12,6 @@ use common::*;
 
 const NS: &str = "moby";
 
-/// Removes the template when the test ends, passed or not.
-struct TemplateGuard(String);
-
-impl Drop for TemplateGuard {
-    fn drop(&mut self) {
-        let _ = run("lightwhale", &["template", "rm", &self.0]);
-    }
-}
-
 fn counter(extra_env: &[&str]) -> Vec<String> {
     python_counter_args(extra_env, 32)
 }
@@ -37,7 +28,7 @@ fn count(port: u16) -> u64 {
 fn clones_start_from_a_template_and_serve_on_their_own() {
     require_stack("templates");
     let tpl = unique("warm");
-    let _tpl = TemplateGuard(tpl.clone());
+    let _tpl = TemplateGone(tpl.clone());
     let args = counter(&[]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (_src, src_port, src_id) = run_published("lwt-tplsrc", "1h", &[], &args);
@@ -119,7 +110,7 @@ fn clones_start_from_a_template_and_serve_on_their_own() {
 fn a_container_that_cannot_use_its_template_starts_cold_and_says_why() {
     require_stack("templates");
     let tpl = unique("warmfit");
-    let _tpl = TemplateGuard(tpl.clone());
+    let _tpl = TemplateGone(tpl.clone());
     let args = counter(&[]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (_src, src_port, src_id) = run_published("lwt-tplfit", "1h", &[], &args);

@@ -439,6 +439,16 @@ pub fn assert_annotation_refused(annotation: &str, expected: &str) {
     );
 }
 
+/// Removes template `.0` (`lightwhale template rm`) when dropped: when the test ends,
+/// passed or not.
+pub struct TemplateGone(pub String);
+
+impl Drop for TemplateGone {
+    fn drop(&mut self) {
+        let _ = run("lightwhale", &["template", "rm", &self.0]);
+    }
+}
+
 /// busybox's httpd on port 8080, serving the test image's /www.
 pub const HTTPD: [&str; 7] = [IMAGE, "httpd", "-f", "-p", "8080", "-h", "/www"];
 
