@@ -364,6 +364,13 @@ impl Container {
         out
     }
 
+    /// Tells the state's watchers now, within a transition whose `f` lets the task run
+    /// before the transition ends (a thaw): whoever looks once the task has answered sees
+    /// the new state, as the status file already says.
+    pub(crate) fn announce(&self, state: State) {
+        self.state_tx.send_replace(state);
+    }
+
     pub(crate) fn transition(&self, t: Transition) -> Result<State, TransitionError> {
         self.transition_with(t, |r| r.status.state)
     }

@@ -299,6 +299,7 @@ impl Container {
                 d.thaw_trigger = Some(trigger.as_str().to_string());
             }
             self.persist(&r.status);
+            self.announce(r.status.state);
             let hold = r.doze.take();
             let result = hold.map(DozeHold::release);
             (result, ms(seen.elapsed()))

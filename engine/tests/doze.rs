@@ -262,6 +262,8 @@ async fn once_a_thawed_task_answers_its_status_file_says_awake() {
     let freezer = Freezer::of_pid(s.c.init.pid()).expect("its freezer");
     for n in 1..=15u64 {
         s.c.doze().await.expect("doze");
+        // The last thaw is over for whoever asks, too: this was a doze, not a no-op.
+        assert_eq!(s.c.state(), State::Dozing, "doze {n}");
         // A watcher reads the file the moment the freezer lets go, before the task can
         // even answer: the narrowest window there is.
         let watch = {
