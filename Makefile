@@ -17,6 +17,7 @@ OUT := target/$(HOST_TRIPLE)/release
 # CRIU starts the tar stand-in once per tmpfs on every wake: linked statically it skips
 # the dynamic loader, 0.2 ms a start (its own target dir keeps the flags apart).
 CRIU_TAR := target/static/$(HOST_TRIPLE)/release/lightwhale-criu-tar
+CRIU_ACTION := target/static/$(HOST_TRIPLE)/release/lightwhale-criu-action
 
 .PHONY: all build deps bench-deps install images installer-image test test-unit lint demo bench soak clean uninstall
 
@@ -36,6 +37,7 @@ install: build
 	install -D -m 0755 $(OUT)/lightwhale $(DESTDIR)$(PREFIX)/bin/lightwhale
 	install -D -m 0755 $(OUT)/lightwhale-cri $(DESTDIR)$(PREFIX)/bin/lightwhale-cri
 	install -D -m 0755 $(CRIU_TAR) $(DESTDIR)$(PREFIX)/libexec/lightwhale/criu-helpers/tar
+	install -D -m 0755 $(CRIU_ACTION) $(DESTDIR)$(PREFIX)/libexec/lightwhale/criu-helpers/action
 	install -d -m 0755 $(DESTDIR)$(PREFIX)/share/lightwhale/criu-profiles
 	install -m 0644 criu-profiles/*.conf $(DESTDIR)$(PREFIX)/share/lightwhale/criu-profiles/
 

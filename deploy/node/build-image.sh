@@ -7,7 +7,7 @@
 # `docker build -f deploy/node/Dockerfile DIR` (unless --context-only):
 #   payload/   what lightwhale-node installs, laid out as on the node:
 #              usr/local/bin/{containerd-shim-lightwhale-v2,lightwhale} and
-#              usr/local/libexec/lightwhale/criu-helpers/tar (`make build`'s release
+#              usr/local/libexec/lightwhale/criu-helpers/{tar,action} (`make build`'s release
 #              binaries), usr/local/share/lightwhale/criu-profiles/*.conf, CRIU
 #              (usr/local/libexec/lightwhale/criu/criu, every shared library it uses with
 #              the dynamic loader under usr/local/lib/lightwhale/criu, and usr/local/sbin/criu
@@ -18,7 +18,7 @@
 #   VERSION, lightwhale-node, containerd-config.py
 # Needs `make build` (the binaries under target/), a CRIU >= 4.2 at /usr/local/sbin/criu
 # (scripts/install-deps.sh builds one) and python3-tomlkit. Env: OUT (the release binaries'
-# directory), CRIU_TAR, CRIU (the binary to ship).
+# directory), CRIU_TAR, CRIU_ACTION, CRIU (the binary to ship).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$(pwd)
@@ -42,6 +42,7 @@ triple=$(rustc -vV 2>/dev/null | sed -n 's/^host: //p' || true)
 triple=${triple:-$(uname -m)-unknown-linux-gnu}
 OUT=${OUT:-target/$triple/release}
 CRIU_TAR=${CRIU_TAR:-target/static/$triple/release/lightwhale-criu-tar}
+CRIU_ACTION=${CRIU_ACTION:-target/static/$triple/release/lightwhale-criu-action}
 CRIU=${CRIU:-/usr/local/sbin/criu}
 # A node where lightwhale-node ran has the wrapper there: ship the binary it runs.
 if head -c2 "$CRIU" 2>/dev/null | grep -q '#!'; then CRIU=/usr/local/libexec/lightwhale/criu/criu; fi
@@ -49,7 +50,7 @@ version=$(sed -n '/^\[workspace.package\]/,/^\[/ s/^version = "\(.*\)"/\1/p' Car
 [ -n "$version" ] || die "no workspace version in Cargo.toml"
 [ ${#tags[@]} -gt 0 ] || tags=(lightwhale/node-installer:dev "lightwhale/node-installer:$version")
 
-for f in "$OUT/containerd-shim-lightwhale-v2" "$OUT/lightwhale" "$CRIU_TAR"; do
+for f in "$OUT/containerd-shim-lightwhale-v2" "$OUT/lightwhale" "$CRIU_TAR" "$CRIU_ACTION"; do
   [ -x "$f" ] || die "$f is missing: run make build first"
 done
 [ -x "$CRIU" ] || die "no CRIU at $CRIU (scripts/install-deps.sh builds one)"
@@ -65,6 +66,7 @@ r=$context/rootfs
 install -D -m 0755 "$OUT/containerd-shim-lightwhale-v2" "$p/usr/local/bin/containerd-shim-lightwhale-v2"
 install -D -m 0755 "$OUT/lightwhale" "$p/usr/local/bin/lightwhale"
 install -D -m 0755 "$CRIU_TAR" "$p/usr/local/libexec/lightwhale/criu-helpers/tar"
+install -D -m 0755 "$CRIU_ACTION" "$p/usr/local/libexec/lightwhale/criu-helpers/action"
 install -d "$p/usr/local/share/lightwhale/criu-profiles"
 install -m 0644 criu-profiles/*.conf "$p/usr/local/share/lightwhale/criu-profiles/"
 install -D -m 0644 deploy/node/config.toml "$p/etc/lightwhale/config.toml"

@@ -69,7 +69,7 @@ pub enum ConfigError {
         value: String,
         expected: &'static str,
     },
-    #[error("unknown annotation {0}: lightwhale accepts {PREFIX}{{idle-timeout,doze-after,template,ports,criu-profile,sleep,pre-sleep-exec,post-wake-exec,hook-timeout,lazy-pages,lazy-pages-threshold}}")]
+    #[error("unknown annotation {0}: lightwhale accepts {PREFIX}{{idle-timeout,doze-after,template,ports,criu-profile,sleep,sleep-cancel,pre-sleep-exec,post-wake-exec,hook-timeout,lazy-pages,lazy-pages-threshold}}")]
     Unknown(String),
     #[error("{path}: {message}")]
     NodeFile { path: String, message: String },
@@ -109,6 +109,9 @@ pub struct SleepConfig {
     /// Start by restoring this template instead of running the entrypoint
     /// (`lightwhale.io/template`).
     pub template: Option<String>,
+    /// A connection (or exec, signal, wake) that arrives during the dump calls the sleep
+    /// off (`lightwhale.io/sleep-cancel`, default on).
+    pub sleep_cancel: bool,
 }
 
 /// Restores at once unless the node config says otherwise: twice the CPUs. Measured
@@ -190,6 +193,8 @@ pub struct NodeConfig {
     /// Others wait for a slot: a herd of wakes then finishes one by one instead of all
     /// late together.
     pub max_concurrent_restores: Option<u32>,
+    /// Whether a connection arriving during a dump calls the sleep off (default true).
+    pub sleep_cancel: Option<bool>,
     /// Below this much available memory (a size such as 2Gi; default: off) the node is
     /// under pressure: idle containers sleep before their idle timeout, the longest idle
     /// first, once idle for [`PRESSURE_MIN_IDLE`]; busy ones are never touched.
@@ -359,6 +364,21 @@ pub fn criu_helpers_dir(node: &NodeConfig) -> Option<PathBuf> {
     dirs.into_iter().find(|d| d.join("tar").is_file())
 }
 
+/// lightwhale's CRIU action script for dumps (see `runtime-hooks`' `criu_action`): lets a
+/// connection call off a sleep whose dump is under way. Where the helpers are installed,
+/// whatever `criu-helpers` says (that key is about the restore's stand-ins).
+pub fn criu_dump_action() -> Option<PathBuf> {
+    let mut dirs = vec![PathBuf::from("/usr/local/libexec/lightwhale/criu-helpers")];
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(prefix) = exe.parent().and_then(Path::parent) {
+            dirs.push(prefix.join("libexec/lightwhale/criu-helpers"));
+        }
+    }
+    dirs.into_iter()
+        .map(|d| d.join("action"))
+        .find(|p| p.is_file())
+}
+
 pub fn profile_dirs() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = PROFILE_DIRS.iter().map(PathBuf::from).collect();
     // Under the binary's own prefix (<prefix>/bin/../share), for a non-default PREFIX.
@@ -446,6 +466,7 @@ pub fn sleep_config(
         None => DEFAULT_LAZY_THRESHOLD,
     };
     let mut template = None;
+    let mut sleep_cancel = node.sleep_cancel.unwrap_or(true);
     for (key, value) in annotations {
         let Some(name) = key.strip_prefix(PREFIX) else {
             continue;
@@ -494,6 +515,11 @@ pub fn sleep_config(
             }
             "sleep" => {
                 enabled = parse_bool(value).ok_or_else(|| {
+                    bad(key, value, "expected on or off (or true/false, yes/no, 1/0)")
+                })?;
+            }
+            "sleep-cancel" => {
+                sleep_cancel = parse_bool(value).ok_or_else(|| {
                     bad(key, value, "expected on or off (or true/false, yes/no, 1/0)")
                 })?;
             }
@@ -577,6 +603,7 @@ pub fn sleep_config(
             .max_concurrent_restores
             .unwrap_or_else(default_restore_slots),
         template,
+        sleep_cancel,
         wake_memory_wait: match &node.wake_memory_wait {
             Some(v) => parse_duration(v)
                 .filter(|d| *d <= Duration::from_secs(600))

@@ -121,6 +121,8 @@ pub(crate) struct Record {
     pub dumping: Option<i32>,
     /// The exit of `dumping`, for the sleep to judge (a dump's end, or a real death).
     pub dump_exit: Option<Exit>,
+    /// While Sleeping, until the dump's last clean point: the flag that calls it off.
+    pub cancel: Option<Arc<crate::cancel::CancelFlag>>,
     /// While Asleep (and Waking): the sockets the shim holds for the task.
     pub held: Option<Held>,
     /// While Dozing: its freezer and the watch on its sockets.
@@ -272,6 +274,7 @@ impl Container {
                 stopping: false,
                 early_fill_ms: None,
                 forced_exit_status: None,
+                cancel: None,
             }),
             state_tx: watch::channel(state).0,
             dump_exited: Notify::new(),

@@ -67,6 +67,12 @@ impl Held {
     /// Calls `on_ready` (once, with the moment it was seen) when any held socket turns
     /// readable. The watch ends when `self` is dropped.
     pub fn watch(&mut self, on_ready: impl FnOnce(Instant) + Send + 'static) {
+        self.watcher = Some(self.on_readable(on_ready));
+    }
+
+    /// As [`Held::watch`], but the watch is the caller's: it ends when the handle is
+    /// aborted (a sleep's dump watches this way before the wake's watch begins).
+    pub fn on_readable(&self, on_ready: impl FnOnce(Instant) + Send + 'static) -> JoinHandle<()> {
         let fds: Vec<OwnedFd> = self
             .listeners
             .iter()
@@ -74,7 +80,7 @@ impl Held {
             .chain(self.conns.iter())
             .filter_map(|fd| fd.try_clone().ok())
             .collect();
-        self.watcher = Some(tokio::spawn(async move {
+        tokio::spawn(async move {
             let mut registered = Vec::new();
             for fd in fds {
                 // SAFETY: the AsyncFd owns this duplicate outright; it stays open and
@@ -91,7 +97,7 @@ impl Held {
             // The first readable socket wins; the others stay queued for the task.
             let _ = futures_select_all(ready).await;
             on_ready(Instant::now());
-        }));
+        })
     }
 
     /// Lets go of the held connections without a FIN or RST, right before CRIU restores

@@ -19,6 +19,7 @@
 pub mod activity;
 pub mod bpf;
 pub mod bundle;
+pub mod cancel;
 pub mod cgroup;
 pub mod config;
 pub mod container;
@@ -42,6 +43,7 @@ pub mod privilege;
 pub mod probes;
 pub mod process;
 pub mod reaper;
+pub mod refusal;
 pub mod rootfs;
 pub mod runc;
 pub mod runtime;

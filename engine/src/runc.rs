@@ -33,6 +33,8 @@ pub struct Runc {
     /// Put first on CRIU's PATH at restore: lightwhale's faster stand-ins for the helper
     /// programs CRIU runs (tar for tmpfs contents).
     criu_helpers: Option<PathBuf>,
+    /// CRIU's action script for dumps that may be called off (`CheckpointOpts::cancel_flag`).
+    dump_action: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -73,6 +75,10 @@ pub struct CheckpointOpts {
     pub empty_ns: Vec<String>,
     pub manage_cgroups_mode: Option<String>,
     pub log_file: PathBuf,
+    /// The dump gives up at CRIU's next clean point (before it seizes the task, or after
+    /// the images are written and before the task is killed) once this file exists;
+    /// `<flag>.taken` then names the point. Needs the runtime's dump action script.
+    pub cancel_flag: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -116,7 +122,18 @@ impl Runc {
             root: root.into(),
             systemd_cgroup,
             criu_helpers: None,
+            dump_action: None,
         }
+    }
+
+    /// Dumps with a `cancel_flag` run CRIU with `script` as its action script.
+    pub fn with_dump_action(mut self, script: Option<PathBuf>) -> Self {
+        self.dump_action = script;
+        self
+    }
+
+    pub fn can_cancel_dump(&self) -> bool {
+        self.dump_action.is_some()
     }
 
     /// Restores run CRIU with `dir` first on its PATH (faster stand-ins for its helpers).
@@ -362,6 +379,17 @@ impl Runc {
             cmd.arg("--manage-cgroups-mode").arg(m);
         }
         cmd.arg(id);
+        if let (Some(flag), Some(script)) = (&opts.cancel_flag, &self.dump_action) {
+            // runc hands its environment to `criu swrk`, which reads the file that
+            // CRIU_CONFIG_FILE names besides runc's own (the profile), and passes the
+            // variables on to the script. Only dumps get it: a restore runs CRIU's
+            // action scripts at seven points, each a process start on the wake path.
+            let conf = flag.with_extension("conf");
+            let text = format!("action-script {}\n", script.display());
+            std::fs::write(&conf, text).map_err(|e| Error::io("write", &conf, e))?;
+            cmd.env("CRIU_CONFIG_FILE", &conf)
+                .env("LIGHTWHALE_SLEEP_CANCEL", flag);
+        }
         self.run_with_io("checkpoint", cmd, ProcessIo::default(), &opts.log_file)
             .await
     }

@@ -44,6 +44,10 @@ pub trait OciRuntime: Send + Sync {
     /// Resolves when process `pid` ends. `since` is when the caller learned of the
     /// process: an exit older than that belongs to an earlier process with that pid.
     async fn wait(&self, pid: i32, since: Instant) -> Exit;
+    /// Whether a checkpoint honours `CheckpointOpts::cancel_flag`.
+    fn can_cancel_dump(&self) -> bool {
+        false
+    }
     /// Why the checkpoint of processes `pids` cannot succeed on this host, if it cannot.
     fn checkpoint_blocker(&self, pids: &[i32]) -> Option<String> {
         criu_blocker(pids)
@@ -115,6 +119,9 @@ impl OciRuntime for Runc {
     }
     async fn checkpoint(&self, id: &str, opts: &CheckpointOpts) -> Result<()> {
         Runc::checkpoint(self, id, opts).await
+    }
+    fn can_cancel_dump(&self) -> bool {
+        Runc::can_cancel_dump(self)
     }
     async fn restore(
         &self,

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use lightwhale_status::NotSleeping;
-
+use crate::cancel::{CancelFlag, CancelPoint};
 use crate::cgroup::MemoryCgroup;
 use crate::container::{tail, Container};
 use crate::events::{Event, Trigger};
+use crate::freezer::Freezer;
 use crate::hold::Held;
 use crate::hooks::HookError;
 use crate::lazy;
@@ -25,79 +25,7 @@ use crate::sockets;
 use crate::state::{State, Transition};
 use crate::wake::WakeError;
 
-/// Why a container did not go to sleep although asked (or idle). Nothing was changed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    #[error("sleep is off for this container")]
-    Disabled,
-    #[error("it uses the host's network namespace: a wake there would reset the first connection")]
-    HostNetwork,
-    #[error("it is its pod's sandbox container, which holds the pod's network namespace")]
-    PodSandbox,
-    #[error("the container is {0}")]
-    NotAwake(State),
-    #[error("tasks with a terminal do not sleep")]
-    Terminal,
-    #[error("an exec is running")]
-    ExecRunning,
-    #[error("pages of the last lazy wake are still being filled")]
-    FillRunning,
-    #[error("it was sent a stop signal and is in its grace period")]
-    Stopping,
-    #[error("no listening TCP socket to wake on")]
-    NoListener,
-    #[error("only UDP sockets listen (ports {0:?}): lightwhale wakes on TCP connections")]
-    UdpOnly(Vec<u16>),
-    #[error("nothing listens on the ports lightwhale.io/ports names ({0:?})")]
-    PortsNotListening(Vec<u16>),
-    #[error("no process of the task holds its listening sockets")]
-    NoHolder,
-    #[error("a request is in flight")]
-    InFlight,
-    #[error("CRIU cannot dump it on this host: {0}")]
-    CannotDump(String),
-    #[error(
-        "its checkpoint (~{needed} bytes) would exceed the node's image budget ({used} of {budget} bytes used)"
-    )]
-    DiskBudget { needed: u64, used: u64, budget: u64 },
-}
-
-impl Refusal {
-    /// The reason `lightwhale` shows for it; None for a passing state (a transition).
-    pub fn not_sleeping(&self) -> Option<NotSleeping> {
-        Some(match self {
-            Refusal::Disabled => NotSleeping::Disabled,
-            Refusal::HostNetwork => NotSleeping::HostNetwork,
-            Refusal::PodSandbox => NotSleeping::PodSandbox,
-            Refusal::NotAwake(State::Paused) => NotSleeping::Paused,
-            Refusal::NotAwake(_) => return None,
-            Refusal::Terminal => NotSleeping::Terminal,
-            Refusal::ExecRunning => NotSleeping::ExecRunning,
-            Refusal::FillRunning => NotSleeping::FillRunning,
-            Refusal::Stopping => NotSleeping::Stopping,
-            Refusal::NoListener | Refusal::NoHolder => NotSleeping::NoListener,
-            Refusal::UdpOnly(ports) => NotSleeping::UdpOnly {
-                ports: ports.clone(),
-            },
-            Refusal::PortsNotListening(ports) => NotSleeping::PortsNotListening {
-                ports: ports.clone(),
-            },
-            Refusal::InFlight => NotSleeping::InFlight,
-            Refusal::CannotDump(detail) => NotSleeping::CannotDump {
-                detail: detail.clone(),
-            },
-            Refusal::DiskBudget {
-                needed,
-                used,
-                budget,
-            } => NotSleeping::DiskBudget {
-                needed_bytes: *needed,
-                used_bytes: *used,
-                budget_bytes: *budget,
-            },
-        })
-    }
-}
+pub use crate::refusal::Refusal;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SleepError {
@@ -224,7 +152,10 @@ impl Container {
                 Ok(())
             }
             Err(e) => {
-                self.abort_sleep(&e).await;
+                // A called-off dump leaves the task frozen: it is thawed once the state
+                // says awake (a client answered must not read "sleeping" after).
+                let frozen = matches!(e.refusal(), Some(Refusal::Cancelled { .. }));
+                self.abort_sleep(&e, frozen.then_some(pid)).await;
                 Err(e)
             }
         }
@@ -320,20 +251,41 @@ impl Container {
             }
         };
         let usage_before = MemoryCgroup::of_pid(pid).and_then(|m| m.usage_bytes());
+        let cancel = self.arm_cancel(&held);
         let t0 = Instant::now();
-        let dumped = self
-            .runtime
-            .checkpoint(
-                &self.id,
-                &CheckpointOpts {
-                    image_path: self.images(),
-                    work_path: Some(self.work()),
-                    log_file: self.image_root.join("checkpoint.json"),
-                    ..Default::default()
-                },
-            )
-            .await;
-        if let Err(source) = dumped {
+        let asked_early = cancel.as_ref().and_then(|(f, _)| f.asked()).is_some();
+        let dumped = if asked_early {
+            None
+        } else {
+            let opts = CheckpointOpts {
+                image_path: self.images(),
+                work_path: Some(self.work()),
+                log_file: self.image_root.join("checkpoint.json"),
+                cancel_flag: cancel.as_ref().map(|(f, _)| f.path().to_path_buf()),
+                ..Default::default()
+            };
+            Some(self.runtime.checkpoint(&self.id, &opts).await)
+        };
+        // From here a request waits for the wake: nobody may ask any more.
+        self.lock().cancel = None;
+        if let Some((flag, watch)) = &cancel {
+            watch.abort();
+            let at = match &dumped {
+                None => Some(CancelPoint::BeforeDump),
+                Some(Err(_)) => flag.taken(),
+                Some(Ok(())) => None,
+            };
+            if let (Some(at), Some((seen, by))) = (at, flag.asked()) {
+                // Left frozen: the caller thaws it once the state says awake.
+                return Err(Refusal::Cancelled {
+                    by,
+                    at,
+                    waited_ms: seen.elapsed().as_millis() as u64,
+                }
+                .into());
+            }
+        }
+        if let Some(Err(source)) = dumped {
             // CRIU leaves a task it failed to dump as it found it: frozen.
             self.thaw("a failed dump").await;
             return Err(SleepError::Dump {
@@ -346,6 +298,40 @@ impl Container {
             usage_before,
             took: t0.elapsed(),
         })
+    }
+
+    /// From now until the dump's last clean point, a connection on a held socket (or an
+    /// exec, a signal, a wake: see `ask_sleep_off`) calls the sleep off; None when this
+    /// container or runtime cannot.
+    fn arm_cancel(&self, held: &Held) -> Option<(Arc<CancelFlag>, tokio::task::JoinHandle<()>)> {
+        if !self.config.sleep_cancel || !self.runtime.can_cancel_dump() {
+            return None;
+        }
+        let flag = CancelFlag::new(&self.work());
+        let asker = flag.clone();
+        let watch = held.on_readable(move |seen| {
+            asker.ask(Trigger::Connection, seen);
+        });
+        self.lock().cancel = Some(flag.clone());
+        Some((flag, watch))
+    }
+
+    /// Asks a dump under way to give up (see `cancel`): true if one was under way and
+    /// will look at the flag. The task is then thawed rather than restored.
+    pub(crate) fn ask_sleep_off(&self, by: Trigger, seen: Instant) -> bool {
+        let flag = self.lock().cancel.clone();
+        flag.is_some_and(|f| f.ask(by, seen))
+    }
+
+    /// Lets a frozen task run on: the freezer directly (a millisecond), runc if that fails.
+    async fn thaw_now(&self, pid: i32) {
+        match Freezer::of_pid(pid).and_then(|f| f.thaw()) {
+            Ok(()) => {}
+            Err(e) => {
+                warn!(id = %self.id, "thaw by the freezer: {e}; asking runc");
+                self.thaw("a called-off sleep").await;
+            }
+        }
     }
 
     /// A sleeping (or dozing) pod's kubelet probes are answered by the shim (see
@@ -475,14 +461,18 @@ impl Container {
     }
 
     /// The dump did not happen: the task runs on (Sleeping → Awake), unless it died
-    /// meanwhile (Sleeping → Exited, its exit reported as any other).
-    async fn abort_sleep(&self, e: &SleepError) {
-        self.discard_images();
+    /// meanwhile (Sleeping → Exited, its exit reported as any other). `frozen`: the pid
+    /// of a task left frozen, thawed once the state says awake.
+    async fn abort_sleep(&self, e: &SleepError, frozen: Option<i32>) {
         let aborted = self.transition_if(
             Transition::SleepAborted,
             |r| r.dump_exit.is_none(),
             |r| r.dumping = None,
         );
+        if let Some(pid) = frozen {
+            self.thaw_now(pid).await;
+        }
+        self.discard_images();
         if let Ok(None) = aborted {
             let exit = self.lock().dump_exit.take();
             if let Some(exit) = exit {
@@ -492,7 +482,9 @@ impl Container {
                 }
             }
         }
-        if !e.is_refusal() {
+        if let Some(r @ Refusal::Cancelled { .. }) = e.refusal() {
+            info!(id = %self.id, "{r}");
+        } else if !e.is_refusal() {
             self.sleep_failed(e);
         }
     }

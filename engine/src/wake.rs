@@ -81,8 +81,13 @@ impl Container {
         trigger: Trigger,
         since: Instant,
     ) -> Result<(), WakeError> {
-        if self.state() == State::Asleep {
-            self.wait_for_memory().await?;
+        match self.state() {
+            State::Asleep => self.wait_for_memory().await?,
+            // Still frozen and not yet killed: called off, it only needs a thaw.
+            State::Sleeping if self.ask_sleep_off(trigger, since) => {
+                info!(id = %self.id, "a {} during the dump: the sleep is called off", trigger.as_str());
+            }
+            _ => {}
         }
         loop {
             match self.settled().await {

@@ -233,7 +233,8 @@ impl Task for Service {
         })?;
         let runc_root = options::runc_root(&opts, &self.namespace);
         let runc = Runc::new(&binary, &runc_root, opts.systemd_cgroup)
-            .with_criu_helpers(config::criu_helpers_dir(&self.node));
+            .with_criu_helpers(config::criu_helpers_dir(&self.node))
+            .with_dump_action(config::criu_dump_action());
         let mut bundle_state = BundleState {
             runc_binary: binary.display().to_string(),
             runc_root,

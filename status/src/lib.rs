@@ -308,6 +308,14 @@ pub enum NotSleeping {
         used_bytes: u64,
         budget_bytes: u64,
     },
+    /// A request (`by`: connection, exec, signal, request) came while its dump was under
+    /// way and the sleep was called off `at` (before_dump, pre_dump or post_dump); the
+    /// request waited `waited_ms` for the thaw.
+    Cancelled {
+        by: String,
+        at: String,
+        waited_ms: u64,
+    },
 }
 
 impl NotSleeping {
@@ -332,6 +340,7 @@ impl NotSleeping {
             NotSleeping::DiskBudget { .. } => "disk_budget",
             NotSleeping::PodSandbox => "pod_sandbox",
             NotSleeping::PodBusy { .. } => "pod_busy",
+            NotSleeping::Cancelled { .. } => "cancelled",
         }
     }
 
@@ -417,6 +426,7 @@ impl NotSleeping {
             NotSleeping::DiskBudget { .. } => "disk budget full".into(),
             NotSleeping::PodSandbox => "pod sandbox".into(),
             NotSleeping::PodBusy { container } => format!("pod busy ({container})"),
+            NotSleeping::Cancelled { by, .. } => format!("sleep called off ({by})"),
         }
     }
 }
@@ -443,6 +453,7 @@ impl std::fmt::Display for NotSleeping {
             NotSleeping::PodSandbox => write!(f, "it is its pod's sandbox (pause) container: it holds the pod's network namespace and stays awake"),
             NotSleeping::PodBusy { container } => write!(f, "it sleeps with its pod, and {container} of the pod is not idle yet"),
             NotSleeping::DiskBudget { needed_bytes, used_bytes, budget_bytes } => write!(f, "its checkpoint (~{needed_bytes} bytes) would not fit in the node's image budget ({used_bytes} of {budget_bytes} bytes used)"),
+            NotSleeping::Cancelled { by, at, waited_ms } => write!(f, "a {by} came while it was being checkpointed: the sleep was called off ({at}) and it serves on; the {by} waited {waited_ms} ms"),
         }
     }
 }
