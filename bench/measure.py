@@ -10,6 +10,11 @@
   5. throughput  awake requests/s under lightwhale vs runc (wrk, keep-alive)
   6. herd        N sleeping containers woken at the same moment: first-byte times of N
                  clients released together, and the time until all have answered
+  7. cri         a pod's wake through containerd's CRI (1.7 and 2.x)
+  8. doze        thaw to first byte and dozing memory
+  9. template    cold start vs a start from a template vs a CRIU wake; clones at once
+ 10. cancel      requests that start during a sleep: the sleep called off by them, beside
+                 the baseline where they wait for the dump and a wake
 
 Every request made is checked (status line, and the counter service's state: a wake that
 forgot its count is a failed request); `failed_requests` counts them over the whole run.
@@ -840,6 +845,90 @@ def templates(n, n_cold, n_clones):
     return out
 
 
+def requests_during_sleep(label, image_cmd, env, n, cancel):
+    """Requests that start while a sleep is under way (the status file reads "sleeping"), at
+    a random point of it: the client's connect to first byte, each answer checked, and
+    what became of the sleep (called off where, or slept and woken). `cancel`: with the
+    sleep called off by the request (the default), or `lightwhale.io/sleep-cancel=off`
+    (the baseline: the request waits for the dump and the wake)."""
+    import random
+    rng = random.Random(7)
+    name = f"{PREFIX}during-{label}-{'cancel' if cancel else 'nocancel'}"
+    port = free_port()
+    rm(name)
+    ann = ["lightwhale.io/idle-timeout=1h"] + ([] if cancel else ["lightwhale.io/sleep-cancel=off"])
+    cid = run("lightwhale", name, image_cmd, publish=port, env=env, annotations=ann)
+    wait_serving("127.0.0.1", port, deadline_s=300)
+    expect = 1
+    # The window: how long a sleep stays "sleeping" here (one plain sleep first).
+    st = lw_sleep(cid)
+    window_ms = st.get("last_sleep_ms") or 100
+    expect += 1
+    checked(f"{name} wake", "127.0.0.1", port, expect)
+    res = {"window_ms": window_ms, "request_ms": [], "outcome": [], "offset_ms": []}
+    path = f"{STATUS_DIR}/{cid}.json"
+    for _ in range(n):
+        time.sleep(0.3)
+        offset = rng.uniform(0, window_ms) / 1000
+        p = subprocess.Popen(["lightwhale", "sleep", cid], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        t_end = time.perf_counter() + 10
+        seen = None
+        while time.perf_counter() < t_end:
+            try:
+                with open(path) as f:
+                    if '"state":"sleeping"' in f.read().replace(" ", ""):
+                        seen = time.perf_counter()
+                        break
+            except OSError:
+                pass
+        if seen is None:
+            out = p.communicate(timeout=120)[0]
+            res["outcome"].append("not started: " + out.strip()[:80])
+            continue
+        while time.perf_counter() - seen < offset:
+            pass
+        expect += 1
+        ms = checked(f"{name} during a sleep", "127.0.0.1", port, expect)
+        out = p.communicate(timeout=120)[0]
+        if "called off" in out:
+            at = re.search(r"\((before_dump|before_seize|pre_dump|post_dump)", out)
+            outcome = "cancelled at " + (at.group(1) if at else "?")
+        elif "(sleep " in out and status(cid).get("state") == "asleep":
+            # Accepted and answered before the freeze; the sleep then went ahead.
+            outcome = "answered before the freeze"
+            expect += 1
+            checked(f"{name} wake", "127.0.0.1", port, expect)
+        elif "(sleep " in out:
+            outcome = "slept, woken"
+        else:
+            outcome = out.strip()[:80]
+        res["request_ms"].append(ms)
+        res["outcome"].append(outcome)
+        res["offset_ms"].append(round(offset * 1000, 1))
+        wait_state_awake(cid)
+    rm(name)
+    return res
+
+
+def wait_state_awake(cid, deadline_s=30):
+    t0 = time.time()
+    while time.time() - t0 < deadline_s:
+        if status(cid).get("state") == "awake":
+            return
+        time.sleep(0.01)
+    raise RuntimeError(f"{cid[:12]} did not come back awake")
+
+
+def during_sleep(n):
+    out = {}
+    for label, image_cmd, env in (("python", PYTHON, []), ("python 256 MiB", PYTHON, ["MEMORY_MIB=256"])):
+        out[label] = {
+            "cancel": requests_during_sleep(label.replace(" ", "-").lower(), image_cmd, env, n, True),
+            "baseline": requests_during_sleep(label.replace(" ", "-").lower(), image_cmd, env, n, False),
+        }
+    return out
+
+
 def plot(sweep, path):
     try:
         import matplotlib
@@ -892,7 +981,7 @@ def versions():
     }
 
 
-SECTIONS = ("latency", "memory", "shim", "density", "throughput", "herd", "cri", "doze", "template")
+SECTIONS = ("latency", "memory", "shim", "density", "throughput", "herd", "cri", "doze", "template", "cancel")
 
 
 def main():
@@ -995,6 +1084,11 @@ def main():
         log("9/9 template: cold start vs start from a template vs CRIU wake; clones started together")
         res["template"] = templates(5 if quick else 10, n_cold, 10 if quick else 20)
 
+    # 10. requests that arrive while a sleep is under way: the sleep called off, or not
+    if "cancel" in only:
+        log("10/10 cancel: requests that start during a sleep, called off vs waiting for the wake")
+        res["cancel"] = during_sleep(10 if quick else 40)
+
     if "latency" in res:
         lat = res["latency"]
         res.update({
@@ -1062,7 +1156,8 @@ def print_tables(r):
           f"{r['duration_s']} s")
     for key, section in (("latency", print_latency), ("memory", print_memory), ("shim", print_shim),
                          ("density", print_density), ("throughput_rps", print_throughput), ("herd", print_herd),
-                         ("cri", print_cri), ("doze", print_doze), ("template", print_template)):
+                         ("cri", print_cri), ("doze", print_doze), ("template", print_template),
+                         ("cancel", print_cancel)):
         if key in r:
             print()
             section(r[key])
@@ -1200,6 +1295,27 @@ def print_doze(dz):
             cold, thaw = med(r["cold_ms"]), med(r["thaw_ms"])
             print(f"\n{label}: cold start (`docker run` under runc, to first byte) p50 {fmt(cold)} ms; "
                   f"thaw to first byte p50 {fmt(thaw, 2)} ms: 1/{fmt(cold / thaw) if thaw else '-'} of it.")
+
+
+def print_cancel(c):
+    print("### 10. Requests that start during a sleep\n")
+    print("Each sample: `lightwhale sleep`, and once the status file reads `sleeping`, a GET at a random point "
+          "within that service's sleep time (`window`); connect to first byte, the count checked. With the sleep "
+          "called off by the request (the default) and, as the baseline, with `lightwhale.io/sleep-cancel=off` "
+          "(the request waits for the dump and a wake).\n")
+    print("| service | window | called off: request p50 / p90 / max | outcomes | baseline: request p50 / p90 / max | samples |")
+    print("|---|---|---|---|---|---|")
+    for label, r in c.items():
+        on, off = r["cancel"], r["baseline"]
+        ms_on = [x for x in on["request_ms"] if x is not None]
+        ms_off = [x for x in off["request_ms"] if x is not None]
+        counts = {}
+        for o in on["outcome"]:
+            counts[o] = counts.get(o, 0) + 1
+        outcomes = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+        print(f"| {label} | {fmt(on['window_ms'])} ms | {fmt(med(ms_on), 1)} / {fmt(pct(ms_on, 90), 1)} / "
+              f"{fmt(max(ms_on) if ms_on else None, 1)} ms | {outcomes} | {fmt(med(ms_off), 1)} / "
+              f"{fmt(pct(ms_off, 90), 1)} / {fmt(max(ms_off) if ms_off else None, 1)} ms | {len(ms_on)} / {len(ms_off)} |")
 
 
 def print_template(t):

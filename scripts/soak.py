@@ -324,7 +324,11 @@ def soak(args, res):
     try:
         cmd = [DOCKER, "run", "-d", "--name", name, "--runtime", "lightwhale",
                "-p", f"127.0.0.1:{port}:8080", "-e", f"MEMORY_MIB={args.memory_mib}",
-               "--annotation", "lightwhale.io/idle-timeout=1h", *PYTHON]
+               "--annotation", "lightwhale.io/idle-timeout=1h",
+               # The soak drives whole cycles (dump, hold, restore) under load: a client
+               # that came during the dump would call most sleeps off (bench section 10
+               # measures that path; shim/tests/cancel.rs tests it).
+               "--annotation", "lightwhale.io/sleep-cancel=off", *PYTHON]
         cid = sh(*cmd, timeout=180)
         info = json.loads(sh(DOCKER, "inspect", cid))[0]
         merged = (info.get("GraphDriver", {}).get("Data") or {}).get("MergedDir", "")

@@ -260,9 +260,11 @@ mod tests {
     #[tokio::test]
     async fn a_restore_in_flight_is_found_and_waited_for() {
         let id = format!("lw-restore-test-{}", std::process::id());
-        // Looks like `runc --root /x restore ... <id>` to the scan.
+        // Looks like `runc --root /x restore ... <id>` to the scan. Two commands, or sh
+        // would exec `sleep` in its place and its command line would change under the
+        // scan.
         let mut child = std::process::Command::new("sh")
-            .args(["-c", "sleep 0.5", "--root", "/x/runc", "restore", &id])
+            .args(["-c", "sleep 0.5; true", "--root", "/x/runc", "restore", &id])
             .spawn()
             .expect("spawn");
         assert_eq!(restores_in_flight(&id, "/x/runc"), vec![child.id() as i32]);

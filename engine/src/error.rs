@@ -57,6 +57,8 @@ pub enum Error {
         #[source]
         source: nix::Error,
     },
+    #[error(transparent)]
+    Freeze(#[from] crate::freezer::FreezeError),
 }
 
 /// What a failed runtime call means for the caller, decided once by the driver that

@@ -113,6 +113,17 @@ impl Freezer {
         }
     }
 
+    /// The processes of the cgroup (empty if it cannot be read).
+    pub fn procs(&self) -> Vec<i32> {
+        let dir = match self {
+            Freezer::V1(p) => p.parent().map(Path::to_path_buf).unwrap_or_default(),
+            Freezer::V2(d) => d.clone(),
+        };
+        std::fs::read_to_string(dir.join("cgroup.procs"))
+            .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
     /// Lets every task of the cgroup run again.
     pub fn thaw(&self) -> Result<(), FreezeError> {
         self.write(false)

@@ -38,6 +38,7 @@ pub mod lifecycle;
 pub mod monitor;
 pub mod netns;
 pub mod pageout;
+pub mod pidfd;
 pub mod podnet;
 pub mod privilege;
 pub mod probes;

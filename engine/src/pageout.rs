@@ -11,7 +11,7 @@
 //! task's files share with others: per-process advice works on both and touches only
 //! the task's own pages.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What a set of processes holds in memory and in swap (sums of their `VmRSS` and
@@ -170,17 +170,11 @@ pub fn page_out(pids: &[i32], cancel: &AtomicBool) -> Result<u64, PageoutError> 
         if ranges.is_empty() {
             continue;
         }
-        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if raw < 0 {
-            let errno = nix::errno::Errno::last();
-            if errno == nix::errno::Errno::ESRCH {
-                continue;
-            }
-            return Err(PageoutError::Open { pid, errno });
-        }
-        // SAFETY: the kernel just returned this fd; nothing else owns it.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+        let pidfd = match crate::pidfd::open(pid) {
+            Ok(fd) => fd,
+            Err(nix::errno::Errno::ESRCH) => continue,
+            Err(errno) => return Err(PageoutError::Open { pid, errno }),
+        };
         advised += advise_all(&pidfd, pid, ranges, cancel)?;
         if cancel.load(Ordering::Relaxed) {
             break;

@@ -79,6 +79,19 @@ pub struct CheckpointOpts {
     /// the images are written and before the task is killed) once this file exists;
     /// `<flag>.taken` then names the point. Needs the runtime's dump action script.
     pub cancel_flag: Option<PathBuf>,
+    /// Told the runc process as soon as it is started (it may be killed before CRIU
+    /// seizes anything: see `cancel`).
+    pub on_spawn: Option<SpawnHook>,
+}
+
+/// Called with a handle on a runc process right after it is started.
+#[derive(Clone)]
+pub struct SpawnHook(pub std::sync::Arc<dyn Fn(OwnedFd) + Send + Sync>);
+
+impl std::fmt::Debug for SpawnHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpawnHook")
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -195,9 +208,20 @@ impl Runc {
     async fn run_with_io(
         &self,
         op: &'static str,
+        cmd: Command,
+        io: ProcessIo,
+        log_file: &Path,
+    ) -> Result<()> {
+        self.run_hooked(op, cmd, io, log_file, None).await
+    }
+
+    async fn run_hooked(
+        &self,
+        op: &'static str,
         mut cmd: Command,
         io: ProcessIo,
         log_file: &Path,
+        on_spawn: Option<&SpawnHook>,
     ) -> Result<()> {
         cmd.stdin(io.stdin.map(Stdio::from).unwrap_or_else(Stdio::null));
         cmd.stdout(io.stdout.map(Stdio::from).unwrap_or_else(Stdio::null));
@@ -209,6 +233,14 @@ impl Runc {
         })?;
         // Drop our copies of the container's ends now, or EOF would never come.
         drop(cmd);
+        if let Some(hook) = on_spawn {
+            // Taken microseconds after the spawn, long before runc could have ended and
+            // been reaped (it takes milliseconds to start): the pid is still this child's.
+            match crate::pidfd::open(child.id() as i32) {
+                Ok(fd) => (hook.0)(fd),
+                Err(e) => tracing::debug!("pidfd of runc {op}: {e}"),
+            }
+        }
         let exit = reaper::wait(child.id() as i32, since).await;
         if exit.status != 0 {
             let log = std::fs::read(log_file).unwrap_or_default();
@@ -390,8 +422,14 @@ impl Runc {
             cmd.env("CRIU_CONFIG_FILE", &conf)
                 .env("LIGHTWHALE_SLEEP_CANCEL", flag);
         }
-        self.run_with_io("checkpoint", cmd, ProcessIo::default(), &opts.log_file)
-            .await
+        self.run_hooked(
+            "checkpoint",
+            cmd,
+            ProcessIo::default(),
+            &opts.log_file,
+            opts.on_spawn.as_ref(),
+        )
+        .await
     }
 
     /// Restores `id` from `opts.image_path`. `io` must be the same kind of stdio the

@@ -48,6 +48,11 @@ pub trait OciRuntime: Send + Sync {
     fn can_cancel_dump(&self) -> bool {
         false
     }
+    /// Whether the task's freezer cgroup may be written directly in place of `pause` and
+    /// `resume` (the runtime reads its paused state from the same file).
+    fn shares_freezer(&self) -> bool {
+        false
+    }
     /// Why the checkpoint of processes `pids` cannot succeed on this host, if it cannot.
     fn checkpoint_blocker(&self, pids: &[i32]) -> Option<String> {
         criu_blocker(pids)
@@ -122,6 +127,10 @@ impl OciRuntime for Runc {
     }
     fn can_cancel_dump(&self) -> bool {
         Runc::can_cancel_dump(self)
+    }
+    fn shares_freezer(&self) -> bool {
+        // runc 1.1 derives "paused" from the freezer's state on every call.
+        true
     }
     async fn restore(
         &self,

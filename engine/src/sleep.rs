@@ -15,7 +15,7 @@ use crate::cancel::{CancelFlag, CancelPoint};
 use crate::cgroup::MemoryCgroup;
 use crate::container::{tail, Container};
 use crate::events::{Event, Trigger};
-use crate::freezer::Freezer;
+use crate::freezer::{FreezeError, Freezer};
 use crate::hold::Held;
 use crate::hooks::HookError;
 use crate::lazy;
@@ -70,6 +70,9 @@ struct Dumped {
     usage_before: Option<u64>,
     took: Duration,
 }
+
+/// How long a task may take to freeze before the sleep is given up.
+const FREEZE_LIMIT: Duration = Duration::from_secs(2);
 
 /// How long the exit of a dumped task may take to reach the reaper after the dump.
 const DUMP_EXIT_WAIT: Duration = Duration::from_secs(5);
@@ -230,26 +233,63 @@ impl Container {
 
     /// Frozen first: no connection can be accepted between listing the sockets and the
     /// dump, so every accepted connection is among the ones held.
-    async fn freeze_and_dump(&self, pid: i32) -> Result<Dumped, SleepError> {
-        self.runtime
-            .pause(&self.id)
-            .await
-            .map_err(|source| SleepError::Prepare {
-                what: "freeze the task",
-                source,
-            })?;
-        let prepared =
-            match take_sockets(self.runtime.as_ref(), &self.id, pid, &self.config.ports).await {
-                Ok(held) => prepare_dirs(&self.image_root).map(|()| held),
-                Err(e) => Err(e),
-            };
-        let held = match prepared {
+    async fn freeze_and_dump(self: &Arc<Self>, pid: i32) -> Result<Dumped, SleepError> {
+        prepare_dirs(&self.image_root)?;
+        // The freezer directly (a millisecond; `runc pause` costs a Go start, ~10 ms of
+        // the window in which a request waits): runc reads the same freezer state.
+        let freezer = self
+            .runtime
+            .shares_freezer()
+            .then(|| Freezer::of_pid(pid).ok())
+            .flatten();
+        let pids = match &freezer {
+            Some(f) => {
+                let f2 = f.clone();
+                let frozen = tokio::task::spawn_blocking(move || {
+                    f2.start_freeze()?;
+                    f2.wait_frozen(FREEZE_LIMIT)
+                })
+                .await
+                .unwrap_or(Err(FreezeError::Timeout(FREEZE_LIMIT)));
+                if let Err(e) = frozen {
+                    self.thaw(pid, "a task that would not freeze").await;
+                    return Err(SleepError::Prepare {
+                        what: "freeze the task",
+                        source: e.into(),
+                    });
+                }
+                f.procs()
+            }
+            None => {
+                self.runtime
+                    .pause(&self.id)
+                    .await
+                    .map_err(|source| SleepError::Prepare {
+                        what: "freeze the task",
+                        source,
+                    })?;
+                Vec::new()
+            }
+        };
+        let mut held = match take_sockets(
+            self.runtime.as_ref(),
+            &self.id,
+            pid,
+            pids,
+            &self.config.ports,
+        )
+        .await
+        {
             Ok(h) => h,
             Err(e) => {
-                self.thaw("a refused sleep").await;
+                self.thaw(pid, "a refused sleep").await;
                 return Err(e);
             }
         };
+        // A pod's probes are answered by the shim from here, as while it sleeps: the
+        // kubelet's period must not call off every other sleep. What comes to the app's
+        // own listeners now is a client, and calls the sleep off.
+        self.answer_probes(&mut held);
         let usage_before = MemoryCgroup::of_pid(pid).and_then(|m| m.usage_bytes());
         let cancel = self.arm_cancel(&held);
         let t0 = Instant::now();
@@ -262,6 +302,7 @@ impl Container {
                 work_path: Some(self.work()),
                 log_file: self.image_root.join("checkpoint.json"),
                 cancel_flag: cancel.as_ref().map(|(f, _)| f.path().to_path_buf()),
+                on_spawn: cancel.as_ref().map(|(f, _)| f.spawn_hook()),
                 ..Default::default()
             };
             Some(self.runtime.checkpoint(&self.id, &opts).await)
@@ -269,6 +310,7 @@ impl Container {
         // From here a request waits for the wake: nobody may ask any more.
         self.lock().cancel = None;
         if let Some((flag, watch)) = &cancel {
+            flag.finish();
             watch.abort();
             let at = match &dumped {
                 None => Some(CancelPoint::BeforeDump),
@@ -287,7 +329,7 @@ impl Container {
         }
         if let Some(Err(source)) = dumped {
             // CRIU leaves a task it failed to dump as it found it: frozen.
-            self.thaw("a failed dump").await;
+            self.thaw(pid, "a failed dump").await;
             return Err(SleepError::Dump {
                 source,
                 criu_log: tail(&self.work().join("dump.log"), 20),
@@ -321,17 +363,6 @@ impl Container {
     pub(crate) fn ask_sleep_off(&self, by: Trigger, seen: Instant) -> bool {
         let flag = self.lock().cancel.clone();
         flag.is_some_and(|f| f.ask(by, seen))
-    }
-
-    /// Lets a frozen task run on: the freezer directly (a millisecond), runc if that fails.
-    async fn thaw_now(&self, pid: i32) {
-        match Freezer::of_pid(pid).and_then(|f| f.thaw()) {
-            Ok(()) => {}
-            Err(e) => {
-                warn!(id = %self.id, "thaw by the freezer: {e}; asking runc");
-                self.thaw("a called-off sleep").await;
-            }
-        }
     }
 
     /// A sleeping (or dozing) pod's kubelet probes are answered by the shim (see
@@ -370,7 +401,14 @@ impl Container {
         }
     }
 
-    async fn thaw(&self, after: &str) {
+    /// Lets a frozen task run on: the freezer directly (a millisecond), runc if that fails.
+    async fn thaw(&self, pid: i32, after: &str) {
+        if self.runtime.shares_freezer() {
+            match Freezer::of_pid(pid).and_then(|f| f.thaw()) {
+                Ok(()) => return,
+                Err(e) => warn!(id = %self.id, "thaw after {after} by the freezer: {e}"),
+            }
+        }
         if let Err(e) = self.runtime.resume(&self.id).await {
             warn!(id = %self.id, "resume after {after}: {e}");
         }
@@ -402,7 +440,6 @@ impl Container {
             took,
         } = dumped;
         let ports = held.ports();
-        self.answer_probes(&mut held);
         let weak = Arc::downgrade(self);
         held.watch(move |seen| {
             // A task of its own: the wake drops the held sockets, and with them this watch.
@@ -470,7 +507,7 @@ impl Container {
             |r| r.dumping = None,
         );
         if let Some(pid) = frozen {
-            self.thaw_now(pid).await;
+            self.thaw(pid, "a called-off sleep").await;
         }
         self.discard_images();
         if let Ok(None) = aborted {
@@ -550,17 +587,23 @@ fn create_private_dir(path: &Path) -> std::io::Result<()> {
 }
 
 /// Listeners (with SO_REUSEPORT set) and established connections of a frozen task.
+/// `pids`: the task's processes, as its freezer cgroup lists them (empty: ask runc).
 async fn take_sockets(
     runtime: &dyn OciRuntime,
     id: &str,
     pid: i32,
+    pids: Vec<i32>,
     ports: &[u16],
 ) -> Result<Held, SleepError> {
     let prepare = |what| move |source| SleepError::Prepare { what, source };
-    let pids = runtime
-        .ps(id)
-        .await
-        .map_err(prepare("list the task's processes"))?;
+    let pids = if pids.is_empty() {
+        runtime
+            .ps(id)
+            .await
+            .map_err(prepare("list the task's processes"))?
+    } else {
+        pids
+    };
     let listeners = sockets::listeners(pid, ports);
     if listeners.is_empty() {
         return Err(Refusal::NoListener.into());

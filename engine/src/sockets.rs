@@ -179,13 +179,7 @@ pub fn socket_holders(pids: &[i32], inodes: &[u64]) -> HashMap<u64, (i32, RawFd)
 
 /// Duplicates fd `fd` of process `pid` into this process (`pidfd_getfd`, Linux >= 5.6).
 pub fn dup_from(pid: i32, fd: RawFd) -> Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if pidfd < 0 {
-        return Err(Error::sys("pidfd_open", nix::errno::Errno::last()));
-    }
-    // SAFETY: pidfd is a fresh fd owned by nobody else.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    let pidfd = crate::pidfd::open(pid).map_err(|e| Error::sys("pidfd_open", e))?;
     // SAFETY: pidfd_getfd takes (pidfd, target fd, flags) and returns a new fd or -1.
     let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
     if dup < 0 {

@@ -9,6 +9,11 @@
 //! it found it). A non-zero exit there makes CRIU abandon the dump. The point taken is
 //! written next to the flag (`<flag>.taken`), so the shim can tell a cancel from a
 //! failure. Every other action, and a dump without the variable, passes.
+//!
+//! At `pre-dump`, `<flag>.reached` is written before the flag is looked for: until it
+//! exists the shim may kill runc (CRIU has seized nothing, and will give up here), after
+//! it never does (see the engine's `cancel` module). If it cannot be written, the dump
+//! is given up: going on would let the shim kill a CRIU that holds the task.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -18,33 +23,48 @@ use std::process::ExitCode;
 /// in CRIU's log: "Post dump script passed with 75").
 const CANCELLED: u8 = 75;
 
-/// The marker beside `flag` that says where the dump was abandoned.
-fn taken_path(flag: &OsString) -> PathBuf {
+/// The marker `suffix` beside `flag`.
+fn marker(flag: &OsString, suffix: &str) -> PathBuf {
     let mut p = flag.clone();
-    p.push(".taken");
+    p.push(suffix);
     PathBuf::from(p)
 }
 
-fn decide(action: Option<&str>, flag: Option<&OsString>) -> Option<(String, PathBuf)> {
-    let action = action?;
-    let flag = flag?;
+/// What to do at `action` with cancel flag `flag`: None to let the dump go on, or the
+/// point to give it up at.
+fn decide(action: Option<&str>, flag: Option<&OsString>) -> Result<Option<String>, String> {
+    let (Some(action), Some(flag)) = (action, flag) else {
+        return Ok(None);
+    };
     if !matches!(action, "pre-dump" | "post-dump") {
-        return None;
+        return Ok(None);
     }
-    std::path::Path::new(flag)
+    if action == "pre-dump" {
+        let reached = marker(flag, ".reached");
+        std::fs::write(&reached, "").map_err(|e| format!("write {}: {e}", reached.display()))?;
+    }
+    Ok(std::path::Path::new(flag)
         .exists()
-        .then(|| (action.to_string(), taken_path(flag)))
+        .then(|| action.to_string()))
 }
 
 fn main() -> ExitCode {
     let action = std::env::var("CRTOOLS_SCRIPT_ACTION").ok();
     let flag = std::env::var_os("LIGHTWHALE_SLEEP_CANCEL");
-    let Some((at, taken)) = decide(action.as_deref(), flag.as_ref()) else {
-        return ExitCode::SUCCESS;
+    let at = match decide(action.as_deref(), flag.as_ref()) {
+        Ok(None) => return ExitCode::SUCCESS,
+        Ok(Some(at)) => at,
+        Err(e) => {
+            eprintln!("lightwhale-criu-action: {e}: the dump is given up");
+            return ExitCode::from(CANCELLED);
+        }
     };
-    if let Err(e) = std::fs::write(&taken, &at) {
-        // The dump is abandoned all the same; the shim then reports a failed dump.
-        eprintln!("lightwhale-criu-action: write {}: {e}", taken.display());
+    if let Some(flag) = &flag {
+        let taken = marker(flag, ".taken");
+        if let Err(e) = std::fs::write(&taken, &at) {
+            // The dump is abandoned all the same; the shim then reports a failed dump.
+            eprintln!("lightwhale-criu-action: write {}: {e}", taken.display());
+        }
     }
     eprintln!("lightwhale: a connection arrived; the sleep is cancelled at {at}");
     ExitCode::from(CANCELLED)
@@ -61,16 +81,17 @@ mod tests {
         for action in ["pre-dump", "post-dump", "network-lock", "pre-restore"] {
             assert_eq!(
                 decide(Some(action), Some(&flag)),
-                None,
-                "{action}: no flag yet"
+                Ok(None),
+                "{action}: no flag"
             );
         }
+        // pre-dump says it was reached before it looks for the flag.
+        assert!(dir.path().join("cancel.reached").exists());
         std::fs::write(dir.path().join("cancel"), "").expect("flag");
-        let taken = dir.path().join("cancel.taken");
         for action in ["pre-dump", "post-dump"] {
             assert_eq!(
                 decide(Some(action), Some(&flag)),
-                Some((action.to_string(), taken.clone()))
+                Ok(Some(action.to_string()))
             );
         }
         for action in [
@@ -79,9 +100,17 @@ mod tests {
             "pre-restore",
             "post-resume",
         ] {
-            assert_eq!(decide(Some(action), Some(&flag)), None, "{action}");
+            assert_eq!(decide(Some(action), Some(&flag)), Ok(None), "{action}");
         }
-        assert_eq!(decide(None, Some(&flag)), None);
-        assert_eq!(decide(Some("post-dump"), None), None);
+        assert_eq!(decide(None, Some(&flag)), Ok(None));
+        assert_eq!(decide(Some("post-dump"), None), Ok(None));
+    }
+
+    #[test]
+    fn a_pre_dump_that_cannot_say_it_was_reached_gives_the_dump_up() {
+        let flag = OsString::from("/nonexistent/lightwhale/cancel");
+        assert!(decide(Some("pre-dump"), Some(&flag)).is_err());
+        // post-dump writes nothing: no flag, no cancel.
+        assert_eq!(decide(Some("post-dump"), Some(&flag)), Ok(None));
     }
 }

@@ -301,12 +301,14 @@ fn twenty_cycles_under_constant_load_lose_nothing() {
     let _c = Cleanup(vec![name.clone()]);
     let port = free_port();
     let publish = format!("127.0.0.1:{port}:8080");
-    // Long idle timeout: the test itself puts it to sleep, 20 times, while clients keep coming.
+    // Long idle timeout: the test itself puts it to sleep, 20 times, while clients keep
+    // coming. Whole cycles (dump, hold, restore) are what is tested: with the default,
+    // the clients would call most sleeps off during the dump (tests/cancel.rs).
     let id = run_lw(
         &name,
         "10m",
         Some(&publish),
-        &[],
+        &["--annotation", "lightwhale.io/sleep-cancel=off"],
         &[PY_IMAGE, "python3", "-c", &counter_script()],
     );
     let mut last = 0u64;
