@@ -271,21 +271,14 @@ impl Container {
                 Vec::new()
             }
         };
-        let mut held = match take_sockets(
-            self.runtime.as_ref(),
-            &self.id,
-            pid,
-            pids,
-            &self.config.ports,
-        )
-        .await
-        {
-            Ok(h) => h,
-            Err(e) => {
-                self.thaw(pid, "a refused sleep").await;
-                return Err(e);
-            }
-        };
+        let mut held =
+            match take_sockets(self.runtime.as_ref(), &self.id, pids, &self.config.ports).await {
+                Ok(h) => h,
+                Err(e) => {
+                    self.thaw(pid, "a refused sleep").await;
+                    return Err(e);
+                }
+            };
         // A pod's probes are answered by the shim from here, as while it sleeps: the
         // kubelet's period must not call off every other sleep. What comes to the app's
         // own listeners now is a client, and calls the sleep off.
@@ -591,7 +584,6 @@ fn create_private_dir(path: &Path) -> std::io::Result<()> {
 async fn take_sockets(
     runtime: &dyn OciRuntime,
     id: &str,
-    pid: i32,
     pids: Vec<i32>,
     ports: &[u16],
 ) -> Result<Held, SleepError> {
@@ -604,35 +596,18 @@ async fn take_sockets(
     } else {
         pids
     };
-    let listeners = sockets::listeners(pid, ports);
-    if listeners.is_empty() {
+    let found =
+        sockets::task_sockets(&pids, ports).map_err(prepare("duplicate the task's sockets"))?;
+    if found.listeners.is_empty() {
         return Err(Refusal::NoListener.into());
     }
-    let mut inodes: Vec<u64> = listeners.iter().map(|l| l.inode).collect();
-    let established = sockets::established(pid);
-    inodes.extend(&established);
-    let holders = sockets::socket_holders(&pids, &inodes);
-    let mut held = Vec::new();
-    for l in &listeners {
-        let Some(&(hpid, fd)) = holders.get(&l.inode) else {
-            continue;
-        };
-        let dup = sockets::dup_from(hpid, fd).map_err(prepare("duplicate a listener"))?;
-        sockets::set_reuseport(&dup).map_err(prepare("set SO_REUSEPORT on a listener"))?;
-        held.push((l.port, dup));
+    for (_, l) in &found.listeners {
+        sockets::set_reuseport(l).map_err(prepare("set SO_REUSEPORT on a listener"))?;
     }
-    if held.is_empty() {
-        return Err(Refusal::NoHolder.into());
-    }
-    let mut conns = Vec::new();
-    for inode in &established {
-        if let Some(&(hpid, fd)) = holders.get(inode) {
-            let conn = sockets::dup_from(hpid, fd).map_err(prepare("duplicate a connection"))?;
-            if sockets::awaiting_reply(&conn).unwrap_or(false) {
-                return Err(Refusal::InFlight.into());
-            }
-            conns.push(conn);
+    for conn in &found.conns {
+        if sockets::awaiting_reply(conn).unwrap_or(false) {
+            return Err(Refusal::InFlight.into());
         }
     }
-    Ok(Held::new(held, conns))
+    Ok(Held::new(found.listeners, found.conns))
 }
