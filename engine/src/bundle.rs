@@ -217,6 +217,45 @@ pub(crate) fn remove_dir_quiet(dir: &Path) {
     }
 }
 
+/// Bytes of the files under `dir` (checkpoint images), without following links.
+pub(crate) fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
+/// `root` emptied and made again, with `subdirs`, all root-only (0700): they hold a
+/// task's memory. The path that could not be made, with why.
+pub(crate) fn fresh_private_dirs(
+    root: &Path,
+    subdirs: &[&str],
+) -> Result<(), (PathBuf, std::io::Error)> {
+    remove_dir_quiet(root);
+    let all = std::iter::once(root.to_path_buf()).chain(subdirs.iter().map(|d| root.join(d)));
+    for d in all {
+        create_private_dir(&d).map_err(|e| (d.clone(), e))?;
+    }
+    Ok(())
+}
+
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,17 +299,29 @@ mod tests {
     #[tokio::test]
     async fn a_restore_in_flight_is_found_and_waited_for() {
         let id = format!("lw-restore-test-{}", std::process::id());
-        // Looks like `runc --root /x restore ... <id>` to the scan. Two commands, or sh
-        // would exec `sleep` in its place and its command line would change under the
-        // scan.
+        // Looks like `runc --root /x restore ... <id>` to the scan: a shell that waits on
+        // a builtin (it forks nothing that could match too) until its stdin closes.
         let mut child = std::process::Command::new("sh")
-            .args(["-c", "sleep 0.5; true", "--root", "/x/runc", "restore", &id])
+            .args(["-c", "read x", "--root", "/x/runc", "restore", &id])
+            .stdin(std::process::Stdio::piped())
             .spawn()
             .expect("spawn");
-        assert_eq!(restores_in_flight(&id, "/x/runc"), vec![child.id() as i32]);
+        let stdin = child.stdin.take();
+        // The command line is the shell's once it has started.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut found = restores_in_flight(&id, "/x/runc");
+        while found.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            found = restores_in_flight(&id, "/x/runc");
+        }
+        assert_eq!(found, vec![child.id() as i32]);
         assert!(restores_in_flight(&id, "/other/root").is_empty());
         assert!(restores_in_flight("another-id", "/x/runc").is_empty());
-        let waited = tokio::task::spawn_blocking(move || child.wait());
+        let waited = tokio::task::spawn_blocking(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(stdin);
+            child.wait()
+        });
         assert!(wait_for_restores(&id, "/x/runc", std::time::Duration::from_secs(10)).await);
         waited.await.expect("join").expect("wait");
     }

@@ -79,7 +79,7 @@ impl Container {
             source_id: self.id.clone(),
             source_name: status.name.clone(),
             fit: fit_of(&spec, overlay.as_ref()),
-            images_bytes: crate::sleep::dir_bytes(&images),
+            images_bytes: crate::bundle::dir_bytes(&images),
             pages_bytes: pages_bytes(&images),
             fs_changes_bytes,
             checkpoint_ms: status.last_sleep_ms.unwrap_or(0) as f64,

@@ -20,7 +20,6 @@ use crate::hold::Held;
 use crate::hooks::HookError;
 use crate::lazy;
 use crate::runc::CheckpointOpts;
-use crate::runtime::OciRuntime;
 use crate::sockets;
 use crate::state::{State, Transition};
 use crate::wake::WakeError;
@@ -220,7 +219,7 @@ impl Container {
             .as_ref()
             .and_then(MemoryCgroup::usage_bytes)
             .unwrap_or(0);
-        let used = dir_bytes(&self.dirs.images);
+        let used = crate::bundle::dir_bytes(&self.dirs.images);
         if used.saturating_add(needed) > budget {
             return Err(Refusal::DiskBudget {
                 needed,
@@ -242,7 +241,24 @@ impl Container {
             .shares_freezer()
             .then(|| Freezer::of_pid(pid).ok())
             .flatten();
-        let pids = match &freezer {
+        let pids = match freezer.as_ref().map(Freezer::procs) {
+            Some(p) if !p.is_empty() => p,
+            _ => self
+                .runtime
+                .ps(&self.id)
+                .await
+                .map_err(|source| SleepError::Prepare {
+                    what: "list the task's processes",
+                    source,
+                })?,
+        };
+        // The listeners while the task runs, and a pod's probes answered by the shim from
+        // here on, as while it sleeps: from the freeze on, what reaches the app's own
+        // queue is a client, and calls the sleep off; a probe never does (the kubelet's
+        // period would call off one sleep in every few).
+        let mut held = hold_listeners(&pids, &self.config.ports)?;
+        self.answer_probes(&mut held);
+        match &freezer {
             Some(f) => {
                 let f2 = f.clone();
                 let frozen = tokio::task::spawn_blocking(move || {
@@ -258,31 +274,21 @@ impl Container {
                         source: e.into(),
                     });
                 }
-                f.procs()
             }
-            None => {
-                self.runtime
-                    .pause(&self.id)
-                    .await
-                    .map_err(|source| SleepError::Prepare {
-                        what: "freeze the task",
-                        source,
-                    })?;
-                Vec::new()
-            }
-        };
-        let mut held =
-            match take_sockets(self.runtime.as_ref(), &self.id, pids, &self.config.ports).await {
-                Ok(h) => h,
-                Err(e) => {
-                    self.thaw(pid, "a refused sleep").await;
-                    return Err(e);
-                }
-            };
-        // A pod's probes are answered by the shim from here, as while it sleeps: the
-        // kubelet's period must not call off every other sleep. What comes to the app's
-        // own listeners now is a client, and calls the sleep off.
-        self.answer_probes(&mut held);
+            None => self
+                .runtime
+                .pause(&self.id)
+                .await
+                .map_err(|source| SleepError::Prepare {
+                    what: "freeze the task",
+                    source,
+                })?,
+        }
+        // Frozen: no connection is accepted from here; those accepted are all held.
+        if let Err(e) = hold_connections(&mut held, &pids, &self.config.ports) {
+            self.thaw(pid, "a refused sleep").await;
+            return Err(e);
+        }
         let usage_before = MemoryCgroup::of_pid(pid).and_then(|m| m.usage_bytes());
         let cancel = self.arm_cancel(&held);
         let t0 = Instant::now();
@@ -534,80 +540,51 @@ impl Container {
     }
 }
 
-/// Bytes of the files under `dir` (checkpoint images), without following links.
-pub(crate) fn dir_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(e.path()),
-                Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
-                _ => {}
-            }
-        }
-    }
-    total
-}
-
 /// Fresh, root-only directories for the images (they hold the task's memory).
 fn prepare_dirs(image_root: &Path) -> Result<(), SleepError> {
-    crate::bundle::remove_dir_quiet(image_root);
-    for d in [
-        image_root.to_path_buf(),
-        image_root.join("images"),
-        image_root.join("work"),
-    ] {
-        create_private_dir(&d).map_err(|source| SleepError::Prepare {
+    crate::bundle::fresh_private_dirs(image_root, &["images", "work"]).map_err(|(path, source)| {
+        SleepError::Prepare {
             what: "create the image directory",
             source: crate::Error::Io {
                 what: "create",
-                path: d.clone(),
+                path,
                 source,
             },
-        })?;
-    }
-    Ok(())
+        }
+    })
 }
 
-fn create_private_dir(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)?;
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-}
-
-/// Listeners (with SO_REUSEPORT set) and established connections of a frozen task.
-/// `pids`: the task's processes, as its freezer cgroup lists them (empty: ask runc).
-async fn take_sockets(
-    runtime: &dyn OciRuntime,
-    id: &str,
-    pids: Vec<i32>,
-    ports: &[u16],
-) -> Result<Held, SleepError> {
+/// The task's listeners (those `ports` names, or all), duplicated and given
+/// `SO_REUSEPORT`.
+fn hold_listeners(pids: &[i32], ports: &[u16]) -> Result<Held, SleepError> {
     let prepare = |what| move |source| SleepError::Prepare { what, source };
-    let pids = if pids.is_empty() {
-        runtime
-            .ps(id)
-            .await
-            .map_err(prepare("list the task's processes"))?
-    } else {
-        pids
-    };
     let found =
-        sockets::task_sockets(&pids, ports).map_err(prepare("duplicate the task's sockets"))?;
+        sockets::task_sockets(pids, ports).map_err(prepare("duplicate the task's sockets"))?;
     if found.listeners.is_empty() {
         return Err(Refusal::NoListener.into());
     }
     for (_, l) in &found.listeners {
         sockets::set_reuseport(l).map_err(prepare("set SO_REUSEPORT on a listener"))?;
     }
-    for conn in &found.conns {
-        if sockets::awaiting_reply(conn).unwrap_or(false) {
-            return Err(Refusal::InFlight.into());
-        }
+    Ok(Held::new(found.listeners, Vec::new()))
+}
+
+/// The frozen task's established connections join `held`; one with a request not yet
+/// answered refuses the sleep (its client would wait for an answer nobody wakes the task
+/// to give).
+fn hold_connections(held: &mut Held, pids: &[i32], ports: &[u16]) -> Result<(), SleepError> {
+    let conns = sockets::task_sockets(pids, ports)
+        .map_err(|source| SleepError::Prepare {
+            what: "duplicate the task's sockets",
+            source,
+        })?
+        .conns;
+    if conns
+        .iter()
+        .any(|c| sockets::awaiting_reply(c).unwrap_or(false))
+    {
+        return Err(Refusal::InFlight.into());
     }
-    Ok(Held::new(found.listeners, found.conns))
+    held.add_conns(conns);
+    Ok(())
 }

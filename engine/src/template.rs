@@ -145,7 +145,7 @@ impl Container {
                 source_id: self.id.clone(),
                 source_name: self.status().name,
                 fit: fit_of(&spec, overlay.as_ref()),
-                images_bytes: crate::sleep::dir_bytes(&tmp.join("images")),
+                images_bytes: crate::bundle::dir_bytes(&tmp.join("images")),
                 pages_bytes: pages_bytes(&tmp.join("images")),
                 fs_changes_bytes,
                 checkpoint_ms,

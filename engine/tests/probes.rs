@@ -176,11 +176,17 @@ async fn probes_neither_keep_a_pod_awake_nor_wake_it() {
         bundle: std::mem::take(&mut bundle),
         stdio: StdioPaths::default(),
         config,
-        runtime: Arc::new(Runc::new(
-            Runc::find_binary("runc").expect("runc"),
-            dir.path().join("runc-root"),
-            false,
-        )),
+        runtime: Arc::new(
+            Runc::new(
+                Runc::find_binary("runc").expect("runc"),
+                dir.path().join("runc-root"),
+                false,
+            )
+            .with_dump_action(Some(
+                lightwhale_engine::config::criu_dump_action()
+                    .expect("lightwhale-criu-action is installed (make install)"),
+            )),
+        ),
         sink: Arc::new(MemorySink::default()),
         dirs: Dirs::under(dir.path()),
         bundle_state: Default::default(),
@@ -280,4 +286,80 @@ async fn probes_neither_keep_a_pod_awake_nor_wake_it() {
     assert_eq!(c.status().wakes, wakes + 1);
     let (_, again) = get_from(CLIENT, "/", "curl/8.0").expect("and again");
     assert_eq!(again.trim().parse::<u64>().ok(), Some(n + 1), "state kept");
+
+    // Probes that come while it is being checkpointed go to the shim from the freeze
+    // on: they never call the sleep off (a kubelet's period would call off every other
+    // sleep), and each is answered.
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let (stop, health) = (stop.clone(), health.clone());
+        std::thread::spawn(move || {
+            let (mut sent, mut failed) = (0u32, 0u32);
+            while !stop.load(Ordering::Relaxed) {
+                sent += 2;
+                match get_from(NODE, "/digest", "kube-probe/1.30") {
+                    Some((200, body)) if body == health => {}
+                    _ => failed += 1,
+                }
+                if !tcp_probe() {
+                    failed += 1;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (sent, failed)
+        })
+    };
+    let slept = c.sleep().await;
+    stop.store(true, Ordering::Relaxed);
+    let (sent, failed) = prober.join().expect("prober");
+    assert!(slept.is_ok(), "probes called the sleep off: {slept:?}");
+    assert_eq!(c.state(), State::Asleep);
+    assert_eq!(failed, 0, "of {sent} probes");
+
+    // A client that comes during the dump calls the sleep off: thawed, not restored.
+    let (_, woken) = get_from(CLIENT, "/", "curl/8.0").expect("woken by a client");
+    assert_eq!(woken.trim().parse::<u64>().ok(), Some(n + 2), "state kept");
+    let wakes = c.status().wakes;
+    let sleeper = {
+        let c = c.clone();
+        tokio::spawn(async move { c.sleep().await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.state() != State::Sleeping || !dump_running() {
+        assert!(Instant::now() < deadline, "no dump began");
+        assert!(
+            !sleeper.is_finished(),
+            "the sleep ended before its dump began"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let (_, during) = get_from(CLIENT, "/", "curl/8.0").expect("served during the dump");
+    assert_eq!(during.trim().parse::<u64>().ok(), Some(n + 3), "state kept");
+    let called_off = sleeper.await.expect("join");
+    assert!(
+        matches!(
+            &called_off,
+            Err(lightwhale_engine::SleepError::Refused(
+                lightwhale_engine::Refusal::Cancelled { .. }
+            ))
+        ),
+        "{called_off:?}"
+    );
+    assert_eq!(c.state(), State::Awake);
+    assert_eq!(c.status().wakes, wakes, "thawed, not restored");
+}
+
+/// Whether a `runc checkpoint` is running now.
+fn dump_running() -> bool {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|raw| {
+                let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+                args.first().is_some_and(|a| a.ends_with(b"runc"))
+                    && args.contains(&&b"checkpoint"[..])
+            })
+        })
 }
