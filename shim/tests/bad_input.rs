@@ -198,6 +198,43 @@ async fn bad_input_gets_clear_errors_and_the_shim_survives() {
     );
 }
 
+/// containerd reads the task's exit status for a dead shim from what `delete` prints: an
+/// answer lost on the way read as exit 0 (Docker showed a killed container as exited 0).
+#[test]
+#[ignore = "needs the real stack (root, runc, CRIU, containerd, dockerd): make test runs it"]
+fn delete_always_answers_with_the_sigkill_exit() {
+    require_stack("shim delete answer");
+    use containerd_shim_protos::protobuf::Message;
+    let bundle = tempfile::tempdir().expect("bundle");
+    for round in 0..40 {
+        let out = Command::new(SHIM)
+            .args([
+                "-namespace",
+                "lwtest",
+                "-id",
+                &format!("lw-delete-answer-{}", std::process::id()),
+                "-address",
+                CONTAINERD,
+                "delete",
+            ])
+            .current_dir(bundle.path())
+            .env("TTRPC_ADDRESS", format!("{CONTAINERD}.ttrpc"))
+            .output()
+            .expect("shim delete");
+        assert!(out.status.success(), "round {round}: {out:?}");
+        let answer =
+            containerd_shim_protos::shim::shim::DeleteResponse::parse_from_bytes(&out.stdout)
+                .expect("a DeleteResponse");
+        assert_eq!(
+            answer.exit_status,
+            137,
+            "round {round}: {} bytes on stdout",
+            out.stdout.len()
+        );
+        assert!(answer.exited_at.seconds > 0, "round {round}");
+    }
+}
+
 #[test]
 #[ignore = "needs the real stack (root, runc, CRIU, containerd, dockerd): make test runs it"]
 fn docker_reports_a_missing_binary_like_runc() {
