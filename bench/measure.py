@@ -1316,6 +1316,16 @@ def print_cancel(c):
         print(f"| {label} | {fmt(on['window_ms'])} ms | {fmt(med(ms_on), 1)} / {fmt(pct(ms_on, 90), 1)} / "
               f"{fmt(max(ms_on) if ms_on else None, 1)} ms | {outcomes} | {fmt(med(ms_off), 1)} / "
               f"{fmt(pct(ms_off, 90), 1)} / {fmt(max(ms_off) if ms_off else None, 1)} ms | {len(ms_on)} / {len(ms_off)} |")
+    print("\nCalled off, by where the request found the sleep:\n")
+    print("| service | outcome | requests | p50 | max |")
+    print("|---|---|---|---|---|")
+    for label, r in c.items():
+        by = {}
+        for o, ms in zip(r["cancel"]["outcome"], r["cancel"]["request_ms"]):
+            if ms is not None:
+                by.setdefault(o, []).append(ms)
+        for o, xs in sorted(by.items()):
+            print(f"| {label} | {o} | {len(xs)} | {fmt(med(xs), 1)} ms | {fmt(max(xs), 1)} ms |")
 
 
 def print_template(t):
