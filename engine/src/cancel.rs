@@ -21,6 +21,13 @@
 //! flag, and the shim drops the flag before it looks for `<flag>.reached`. If the shim
 //! finds no `.reached`, the script has not written it yet, so it will see the flag and
 //! give up at `pre-dump` whatever happens to runc; then runc may be killed.
+//!
+//! A killed runc may leave its `criu swrk` behind (the shim, a subreaper, inherits it),
+//! still on its way to `pre-dump`. It must find the flag there: the flag lives in a
+//! directory of its own for each attempt (never the next sleep's, never removed with the
+//! images), and that directory goes only once no process started for the attempt is left
+//! (found by the `LIGHTWHALE_SLEEP_CANCEL` in their environment, and killed: they cannot
+//! have seized anything).
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -78,12 +85,25 @@ struct Inner {
 }
 
 impl CancelFlag {
-    /// A flag for a dump whose work directory is `work` (made fresh for each sleep).
-    pub fn new(work: &Path) -> Arc<CancelFlag> {
-        Arc::new(CancelFlag {
-            path: work.join("cancel"),
+    /// A flag for one sleep's dump, in a directory of its own under `dir` named by `name`
+    /// and the time (so an attempt never shares it with the next one).
+    pub fn new(dir: &Path, name: &str) -> std::io::Result<Arc<CancelFlag>> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let own = dir.join(format!("{name}-{nanos}"));
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&own)?;
+        }
+        Ok(Arc::new(CancelFlag {
+            path: own.join("flag"),
             inner: Mutex::new(Inner::default()),
-        })
+        }))
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -145,9 +165,38 @@ impl CancelFlag {
         }))
     }
 
-    /// The dump is over (whatever its end): its runc is never signalled again.
-    pub fn finish(&self) {
-        self.inner().runc = None;
+    /// The dump is over (whatever its end): its runc is never signalled again, and the
+    /// flag's directory goes once nothing started for this dump is left (at once when
+    /// runc ended by itself: it waits for its CRIU).
+    pub fn finish(self: &Arc<Self>) {
+        let killed = {
+            let mut inner = self.inner();
+            inner.runc = None;
+            inner.killed
+        };
+        let dir = self.path.parent().map(Path::to_path_buf);
+        if !killed {
+            if let Some(d) = dir {
+                let _ = std::fs::remove_dir_all(d);
+            }
+            return;
+        }
+        let flag = self.path.clone();
+        let spawned = std::thread::Builder::new()
+            .name("cancel-reaper".into())
+            .spawn(move || {
+                if end_leftovers(&flag, std::time::Duration::from_secs(30)) {
+                    if let Some(d) = dir {
+                        let _ = std::fs::remove_dir_all(d);
+                    }
+                } else {
+                    // Left in place: a CRIU that never went is still pointed at the flag.
+                    tracing::warn!("a CRIU of a called-off sleep outlived 30 s; its flag stays");
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot watch a called-off dump's CRIU ({e}); its flag stays");
+        }
     }
 
     /// When, and by what, the sleep was asked off.
@@ -166,6 +215,45 @@ impl CancelFlag {
     }
 }
 
+/// Kills every process started for the dump behind `flag` (its environment names the
+/// flag) and waits until none is left, at most `limit`: true when none is.
+fn end_leftovers(flag: &Path, limit: std::time::Duration) -> bool {
+    let mut wanted = b"LIGHTWHALE_SLEEP_CANCEL=".to_vec();
+    wanted.extend_from_slice(flag.as_os_str().as_encoded_bytes());
+    let t = Instant::now();
+    loop {
+        let left = processes_with_env(&wanted);
+        if left.is_empty() {
+            return true;
+        }
+        if t.elapsed() >= limit {
+            return false;
+        }
+        for pid in left {
+            if let Ok(fd) = crate::pidfd::open(pid) {
+                let _ = crate::pidfd::signal(&fd, libc::SIGKILL);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Pids whose environment holds the exact entry `entry` (`NAME=value`).
+fn processes_with_env(entry: &[u8]) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Ok(env) = std::fs::read(e.path().join("environ")) {
+            if env.split(|b| *b == 0).any(|v| v == entry) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,7 +261,7 @@ mod tests {
     #[test]
     fn the_flag_is_dropped_once_and_the_point_read_back() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let flag = CancelFlag::new(dir.path());
+        let flag = CancelFlag::new(dir.path(), "t").expect("flag");
         assert_eq!(flag.asked(), None);
         assert_eq!(flag.taken(), None);
         let first = Instant::now();
@@ -181,11 +269,12 @@ mod tests {
         assert!(flag.ask(Trigger::Exec, Instant::now()));
         assert_eq!(flag.asked(), Some((first, Trigger::Connection)));
         assert!(flag.path().is_file());
-        std::fs::write(dir.path().join("cancel.taken"), "post-dump").expect("marker");
+        let taken = flag.marker(".taken");
+        std::fs::write(&taken, "post-dump").expect("marker");
         assert_eq!(flag.taken(), Some(CancelPoint::PostDump));
-        std::fs::write(dir.path().join("cancel.taken"), "pre-dump").expect("marker");
+        std::fs::write(&taken, "pre-dump").expect("marker");
         assert_eq!(flag.taken(), Some(CancelPoint::PreDump));
-        std::fs::write(dir.path().join("cancel.taken"), "garbage").expect("marker");
+        std::fs::write(&taken, "garbage").expect("marker");
         assert_eq!(flag.taken(), None);
     }
 
@@ -201,7 +290,7 @@ mod tests {
             (child, fd)
         };
         // Asked before CRIU got anywhere: killed, as soon as the process is known.
-        let flag = CancelFlag::new(dir.path());
+        let flag = CancelFlag::new(dir.path(), "t").expect("flag");
         assert!(flag.ask(Trigger::Request, Instant::now()));
         let (mut child, fd) = spawn();
         (flag.spawn_hook().0)(fd);
@@ -211,10 +300,10 @@ mod tests {
 
         // CRIU has reached pre-dump: never killed, whatever is asked after.
         let dir = tempfile::tempdir().expect("tempdir");
-        let flag = CancelFlag::new(dir.path());
+        let flag = CancelFlag::new(dir.path(), "t").expect("flag");
         let (mut child, fd) = spawn();
         (flag.spawn_hook().0)(fd);
-        std::fs::write(dir.path().join("cancel.reached"), "").expect("reached");
+        std::fs::write(flag.marker(".reached"), "").expect("reached");
         assert!(flag.ask(Trigger::Connection, Instant::now()));
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert!(child.try_wait().expect("try_wait").is_none(), "killed");
@@ -225,9 +314,53 @@ mod tests {
     }
 
     #[test]
-    fn a_flag_that_cannot_be_dropped_says_so() {
-        let flag = CancelFlag::new(Path::new("/nonexistent/lightwhale/work"));
-        assert!(!flag.ask(Trigger::Connection, Instant::now()));
-        assert_eq!(flag.asked(), None);
+    fn a_flag_that_cannot_be_made_says_so() {
+        assert!(CancelFlag::new(Path::new("/proc/lightwhale-no"), "t").is_err());
+    }
+
+    #[test]
+    fn what_a_killed_dump_left_running_is_ended_before_its_flag_goes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let flag = CancelFlag::new(dir.path(), "t").expect("flag");
+        // A stand-in for the orphaned `criu swrk`: started with the dump's environment.
+        let mut orphan = std::process::Command::new("sleep")
+            .arg("30")
+            .env("LIGHTWHALE_SLEEP_CANCEL", flag.path())
+            .spawn()
+            .expect("spawn");
+        let mut bystander = std::process::Command::new("sleep")
+            .arg("30")
+            .env("LIGHTWHALE_SLEEP_CANCEL", dir.path().join("another"))
+            .spawn()
+            .expect("spawn");
+        assert!(flag.ask(Trigger::Connection, Instant::now()));
+        let (mut runc, fd) = {
+            let c = std::process::Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .expect("spawn");
+            let fd = crate::pidfd::open(c.id() as i32).expect("pidfd");
+            (c, fd)
+        };
+        (flag.spawn_hook().0)(fd);
+        let _ = runc.wait();
+        flag.finish();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(orphan.wait().expect("wait").signal(), Some(libc::SIGKILL));
+        let own = flag.path().parent().expect("own dir").to_path_buf();
+        let t = Instant::now();
+        while own.exists() && t.elapsed() < std::time::Duration::from_secs(5) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(
+            !own.exists(),
+            "the flag's directory goes once nothing is left"
+        );
+        assert!(
+            bystander.try_wait().expect("try_wait").is_none(),
+            "not another dump's"
+        );
+        let _ = bystander.kill();
+        let _ = bystander.wait();
     }
 }

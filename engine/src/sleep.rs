@@ -309,13 +309,13 @@ impl Container {
         // From here a request waits for the wake: nobody may ask any more.
         self.lock().cancel = None;
         if let Some((flag, watch)) = &cancel {
-            flag.finish();
             watch.abort();
             let at = match &dumped {
                 None => Some(CancelPoint::BeforeDump),
                 Some(Err(_)) => flag.taken(),
                 Some(Ok(())) => None,
             };
+            flag.finish();
             if let (Some(at), Some((seen, by))) = (at, flag.asked()) {
                 // Left frozen: the caller thaws it once the state says awake.
                 return Err(Refusal::Cancelled {
@@ -348,7 +348,14 @@ impl Container {
         if !self.config.sleep_cancel || !self.runtime.can_cancel_dump() {
             return None;
         }
-        let flag = CancelFlag::new(&self.work());
+        let name = format!("{}-{}", self.namespace, self.id);
+        let flag = match CancelFlag::new(&self.dirs.state.join("cancel"), &name) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(id = %self.id, "a request during this dump will wait for it: {e}");
+                return None;
+            }
+        };
         let asker = flag.clone();
         let watch = held.on_readable(move |seen| {
             asker.ask(Trigger::Connection, seen);
