@@ -58,25 +58,7 @@ const RECENT_MS: u32 = 1000;
 /// a request the app has read (or not yet) and not answered. Sleeping then would leave
 /// the client waiting for an answer from a task nobody is going to wake.
 pub fn awaiting_reply(fd: &OwnedFd) -> Result<bool> {
-    // SAFETY: tcp_info is plain old data; all-zero is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `info`, which lives across the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            &mut info as *mut libc::tcp_info as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(Error::sys(
-            "getsockopt(TCP_INFO)",
-            nix::errno::Errno::last(),
-        ));
-    }
+    let info = tcp_info(fd).map_err(|e| Error::sys("getsockopt(TCP_INFO)", e))?;
     // Both count milliseconds since the event; a connection that never carried data in
     // one direction reports its age there. A connection younger than a second, or with
     // data in the last second, is in the middle of something: its request may still be
@@ -195,6 +177,12 @@ fn tcp_kind(fd: &OwnedFd) -> Option<Kind> {
     if getsockopt(fd, sockopt::AcceptConn).ok()? {
         return Some(Kind::Listener(port));
     }
+    const TCP_ESTABLISHED: u8 = 1;
+    (tcp_info(fd).ok()?.tcpi_state == TCP_ESTABLISHED).then_some(Kind::Established)
+}
+
+/// The kernel's `TCP_INFO` for a TCP socket.
+fn tcp_info(fd: &OwnedFd) -> std::result::Result<libc::tcp_info, nix::errno::Errno> {
     // SAFETY: tcp_info is plain old data; all-zero is a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -208,8 +196,10 @@ fn tcp_kind(fd: &OwnedFd) -> Option<Kind> {
             &mut len,
         )
     };
-    const TCP_ESTABLISHED: u8 = 1;
-    (rc == 0 && info.tcpi_state == TCP_ESTABLISHED).then_some(Kind::Established)
+    if rc != 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    Ok(info)
 }
 
 /// The TCP sockets open in `pids` (listeners limited to `ports` when that is not empty),
